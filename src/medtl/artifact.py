@@ -1,0 +1,85 @@
+"""The model artifact of a run: one safetensors file per fold plus ``model.json`` metadata.
+
+``model.json`` holds everything needed to rebuild and feed the model without the config:
+backbone, head, class names, preprocessing, threshold and the weights lineage. Loading never
+executes pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medtl.config import HeadConfig
+from medtl.data.transforms import Normalizer
+from medtl.errors import MedtlError
+from medtl.models.network import Preprocessing, TransferNet, create_model
+
+MODEL_DIR = "model"
+
+
+@dataclass
+class ModelMeta:
+    """Metadata stored next to the weights."""
+
+    backbone: str
+    head: dict
+    class_names: list[str]
+    positive_index: int | None
+    preprocessing: dict
+    threshold: float
+    tta: str
+    folds: list[str]
+    lineage: list[dict]
+    config: dict
+
+    @property
+    def preprocess(self) -> Preprocessing:
+        """The :class:`Preprocessing` of this model."""
+        p = self.preprocessing
+        return Preprocessing(p["image_size"], tuple(p["mean"]), tuple(p["std"]), p["color"], p["resize"])
+
+    def normalizer(self) -> Normalizer:
+        """Normaliser for uint8 batches."""
+        return Normalizer(tuple(self.preprocessing["mean"]), tuple(self.preprocessing["std"]))
+
+
+def save_fold(run_dir: Path, fold: int, model: nn.Module) -> str:
+    """Write one fold's weights as safetensors; returns the file name."""
+    target = run_dir / MODEL_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    name = f"fold{fold}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(target / name))
+    return name
+
+
+def save_meta(run_dir: Path, meta: ModelMeta) -> Path:
+    """Write ``model/model.json``."""
+    path = run_dir / MODEL_DIR / "model.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(meta), indent=2))
+    return path
+
+
+def load_meta(run_dir: Path) -> ModelMeta:
+    """Read ``model/model.json`` of a run directory."""
+    path = Path(run_dir) / MODEL_DIR / "model.json"
+    if not path.is_file():
+        raise MedtlError(f"{run_dir}: no {MODEL_DIR}/model.json; is this a finished medtl run directory?")
+    return ModelMeta(**json.loads(path.read_text()))
+
+
+def load_models(run_dir: Path) -> tuple[list[TransferNet], ModelMeta]:
+    """Rebuild every fold's model of a run (random init, then the stored weights)."""
+    meta = load_meta(run_dir)
+    models = []
+    for name in meta.folds:
+        model, _ = create_model(meta.backbone, "none", len(meta.class_names), HeadConfig(**meta.head))
+        model.load_state_dict(load_file(str(Path(run_dir) / MODEL_DIR / name)), strict=True)
+        models.append(model.eval())
+    return models, meta

@@ -1,0 +1,142 @@
+"""The ``medtl`` command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from medtl.errors import MedtlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Transfer learning with CNNs for medical image classification.")
+weights_app = typer.Typer(no_args_is_help=True, help="The weights registry.")
+app.add_typer(weights_app, name="weights")
+console = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+          out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
+          overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Train and evaluate one experiment; writes the run directory."""
+    from medtl.config import load_config
+    from medtl.evaluate.table import metrics_table
+    from medtl.experiment import run_experiment
+
+    try:
+        cfg = load_config(config, overrides or [])
+        metrics = run_experiment(cfg, out_dir, progress=not quiet)
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(metrics_table([(cfg.name, metrics)]))
+    out.print(f"run directory: {out_dir}")
+
+
+@app.command()
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+             data: Annotated[Path | None, typer.Option(help="YAML with a data block, or an image folder.")] = None,
+             out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None) -> None:
+    """Metrics of a run: recomputed from its predictions, or on other data with its model."""
+    from medtl.evaluate.table import metrics_table
+    from medtl.predict import evaluate_run
+
+    try:
+        metrics = evaluate_run(run_dir, _data_config(data) if data else None, out_file)
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(metrics_table([(str(run_dir), metrics)]))
+
+
+def _data_config(path: Path):
+    import yaml
+
+    from medtl.config import DataConfig, expand_vars
+
+    if path.is_dir():
+        return DataConfig(source="folder", root=path)
+    tree = expand_vars(yaml.safe_load(path.read_text()) or {})
+    return DataConfig.model_validate(tree.get("data", tree))
+
+
+@app.command()
+def predict(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+            paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            out_file: Annotated[Path | None, typer.Option("--out", help="CSV file (default: stdout).")] = None,
+            ) -> None:
+    """Class probabilities for images (CSV), averaged over the run's fold models."""
+    from medtl.artifact import load_meta
+    from medtl.predict import predict_files, rows_to_csv
+
+    try:
+        rows = predict_files(run_dir, paths)
+        text = rows_to_csv(rows, load_meta(run_dir).class_names)
+    except MedtlError as exc:
+        _fail(exc)
+    if out_file:
+        out_file.write_text(text)
+        console.print(f"{len(rows)} rows written to {out_file}")
+    else:
+        sys.stdout.write(text)
+    if any(r["error"] for r in rows):
+        console.print(f"[yellow]{sum(bool(r['error']) for r in rows)} file(s) could not be read (see 'error')")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Print the weights registry."""
+    from medtl.models.registry import list_weights
+
+    table = Table(title="medtl weights")
+    for col in ("name", "architecture", "offline", "input", "mean / std", "license", "sha256"):
+        table.add_column(col)
+    for s in list_weights():
+        table.add_row(s.name, s.architecture, "yes" if s.offline else "no (hub)", str(s.input_size),
+                      f"{_fmt3(s.mean)} / {_fmt3(s.std)}", s.license, (s.sha256 or "")[:12])
+    out.print(table)
+    out.print("Also: hub:<any timm pretrained tag>, file:<checkpoint>, none")
+
+
+def _fmt3(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:.3g}" for v in values)
+
+
+@app.command()
+def demo(out_dir: Annotated[Path, typer.Option("--out", help="Where the run directories go.")] = Path("runs"),
+         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Feature extraction vs fine-tuning, EfficientNet-Lite0, 5-fold CV on brain MRI."""
+    from medtl.demo import run_demo
+    from medtl.evaluate.table import metrics_table
+
+    try:
+        results = run_demo(out_dir, progress=not quiet)
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(metrics_table([(name, m) for name, m, _ in results], title="medtl demo (95% CI)"))
+    for name, m, run_dir in results:
+        out.print(f"{name}: {run_dir}  ({m['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,306 @@
+"""Typed experiment configuration: YAML in, validated pydantic models out.
+
+A config file is YAML with five blocks (``data``, ``model``, ``transfer``, ``train``,
+``evaluate``). ``${VAR}`` references are expanded from the environment; ``${MEDTL_DATA}``
+defaults to ``../shared/datasets`` next to the repository. Unknown keys and mistyped option
+values raise :class:`~medtl.errors.ConfigError` with a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtl.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def data_root() -> Path:
+    """Where the shared datasets live: ``$MEDTL_DATA`` or ``<repo>/../shared/datasets``."""
+    env = os.environ.get("MEDTL_DATA")
+    if env:
+        return Path(env).expanduser()
+    return (REPO_ROOT.parent / "shared" / "datasets").resolve()
+
+
+class StrictModel(BaseModel):
+    """Base for all config blocks: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(StrictModel):
+    """How samples are split. ``predefined`` uses the source's own split (MedMNIST, CSV column)."""
+
+    method: Literal["kfold", "holdout", "predefined"] = "kfold"
+    folds: int = Field(5, ge=2, le=50)
+    seed: int = 0
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+
+
+class AugmentConfig(StrictModel):
+    """Train-only augmentation. Angles in degrees, the others as fractions."""
+
+    hflip: bool = False
+    vflip: bool = False
+    rotate: float = Field(0.0, ge=0.0, le=180.0)
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    shift: float = Field(0.0, ge=0.0, lt=0.5)
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def active(self) -> bool:
+        """True when any augmentation is switched on."""
+        return any(bool(v) for v in self.model_dump().values())
+
+
+class DataConfig(StrictModel):
+    """Where the images are, how they are labelled, split, resized and augmented."""
+
+    source: Literal["folder", "csv", "medmnist"]
+    root: Path | None = None
+    csv: Path | None = None
+    path: Path | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    patient_column: str | None = "patient_id"
+    split_column: str | None = "split"
+    classes: list[str] | None = None
+    positive_class: str | None = None
+    image_size: int = Field(224, ge=8, le=2048)
+    color: Literal["grayscale", "rgb"] = "grayscale"
+    resize: Literal["squash", "pad", "crop"] = "squash"
+    split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_per_class: int | None = Field(None, ge=1)
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _source_has_location(self) -> DataConfig:
+        needed = {"folder": "root", "csv": "csv", "medmnist": "path"}[self.source]
+        if getattr(self, needed) is None:
+            raise ValueError(f"data.source '{self.source}' needs data.{needed}")
+        return self
+
+    @property
+    def location(self) -> Path:
+        """The folder, CSV or .npz file the data comes from."""
+        return {"folder": self.root, "csv": self.csv, "medmnist": self.path}[self.source]
+
+
+class HeadConfig(StrictModel):
+    """Classification head: linear when ``hidden`` is empty, else an MLP."""
+
+    hidden: list[int] = []
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    batchnorm: bool = False
+
+
+class ModelConfig(StrictModel):
+    """Backbone (any timm name) and the weights to start from (``packaged:``, ``hub:``, ``file:``, ``none``)."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "packaged:efficientnet_lite0"
+    head: HeadConfig = HeadConfig()
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TransferConfig(StrictModel):
+    """Transfer strategy. ``unfreeze_from`` names the first trainable module for ``fine_tune``."""
+
+    strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
+    unfreeze_from: str | None = None
+
+
+class EarlyStoppingConfig(StrictModel):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; the best weights are restored."""
+
+    monitor: Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings. Defaults are the measured ones in docs/results.md."""
+
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] = "none"
+    early_stopping: EarlyStoppingConfig | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int | None = Field(None, ge=0)
+    progress: bool = True
+
+
+class EvaluateConfig(StrictModel):
+    """How results are computed: bootstrap resamples, threshold and test-time augmentation."""
+
+    bootstrap: int = Field(1000, ge=0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    tta: Literal["none", "hflip"] = "hflip"
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: the whole YAML file."""
+
+    name: str = "experiment"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    transfer: TransferConfig = TransferConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_filename_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
+            raise ValueError("name may contain only letters, digits, '.', '_' and '-'")
+        return v
+
+
+# ---------------------------------------------------------------- loading
+
+
+def expand_vars(value: Any) -> Any:
+    """Expand ``${VAR}`` in every string of a parsed YAML tree (``MEDTL_DATA`` has a default)."""
+    if isinstance(value, dict):
+        return {k: expand_vars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_vars(v) for v in value]
+    if isinstance(value, str):
+        return _VAR.sub(_lookup_var, value)
+    return value
+
+
+def _lookup_var(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if name == "MEDTL_DATA":
+        return str(data_root())
+    if name not in os.environ:
+        raise ConfigError(f"${{{name}}} is used in the config but the environment variable {name} is not set")
+    return os.environ[name]
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place (the value is parsed as YAML)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set '{assignment}': expected dotted.key=value, e.g. train.lr=0.001")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set '{assignment}': empty key")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set '{assignment}': '{part}' is a value, not a block")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def parse_config(tree: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a YAML tree into an :class:`ExperimentConfig`, with readable errors."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with data/model/transfer/train blocks")
+    try:
+        return ExperimentConfig.model_validate(expand_vars(tree))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file, apply ``--set`` overrides and validate it.
+
+    Relative data paths are resolved against the config file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    cfg = parse_config(tree, str(path))
+    return resolve_paths(cfg, path.parent)
+
+
+def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Make the data location absolute, relative to ``base`` (the config file's folder)."""
+    data = cfg.data
+    for key in ("root", "csv", "path"):
+        value = getattr(data, key)
+        if value is not None and not value.is_absolute():
+            setattr(data, key, (base / value).resolve())
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  - {loc}: {_explain(err)}")
+    return "\n".join(lines)
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        fields = _fields_at(err["loc"][:-1])
+        hint = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key '{key}'.{suggestion} Valid keys: {', '.join(fields)}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = re.findall(r"'([^']*)'", expected)
+        hint = difflib.get_close_matches(str(err["input"]), choices, n=1, cutoff=0.4)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        return f"'{err['input']}' is not a valid option.{suggestion} Choose one of: {', '.join(choices)}"
+    return err["msg"]
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    return sorted(getattr(model, "model_fields", {}).keys())
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

@@ -1,0 +1,173 @@
+"""Decoding, hashing and resizing of single images.
+
+Images are opened by content (PIL sniffs the format, so a PNG saved as ``.jpg`` opens fine) and
+fully decoded up front, so a truncated file fails here with a :class:`~medtl.errors.DataError`
+instead of deep inside a training loop. Truncated files are never silently padded
+(``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from medtl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+)
+"""File extensions (lower case) that folder and CSV sources treat as images."""
+
+Color = Literal["grayscale", "rgb"]
+Resize = Literal["squash", "pad", "crop"]
+
+_RESAMPLE = Image.Resampling.BICUBIC  # antialiased when shrinking
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image by its content and decode it completely.
+
+    Args:
+        path: Image file. The extension is ignored; the format is sniffed from the bytes.
+
+    Returns:
+        The decoded image (pixels loaded, file closed).
+
+    Raises:
+        DataError: The file is missing, not an image, corrupt or truncated.
+    """
+    try:
+        with open(path, "rb") as handle:
+            img = Image.open(handle)
+            img.load()
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: file not found; check the dataset location (data.root / data.csv)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"{path}: cannot decode image ({exc}); re-export or remove the file, "
+            "or raise data.max_bad_fraction to skip undecodable files"
+        ) from None
+    return img
+
+
+def pixel_hash(img: Image.Image) -> str:
+    """SHA-256 of the decoded pixels, independent of file format and metadata.
+
+    Palette images are expanded to RGB (RGBA when they carry transparency) and an alpha channel
+    that is fully opaque is dropped, so the same picture stored as palette PNG, RGBA PNG or RGB
+    PNG hashes the same. Lossy re-encodings (JPEG) of course hash differently.
+
+    Args:
+        img: A decoded image.
+
+    Returns:
+        64 hex characters.
+    """
+    img = _canonical(img)
+    digest = hashlib.sha256(f"{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
+    digest.update(img.tobytes())
+    return digest.hexdigest()
+
+
+def array_hash(arr: np.ndarray) -> str:
+    """SHA-256 of an array's shape, dtype and bytes (used for MedMNIST images).
+
+    Args:
+        arr: Any numpy array.
+
+    Returns:
+        64 hex characters.
+    """
+    digest = hashlib.sha256(f"{arr.shape}|{arr.dtype.str}|".encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def _canonical(img: Image.Image) -> Image.Image:
+    """Expand palettes and drop opaque alpha so equal pictures get equal pixel bytes."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema() == (255, 255):
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    return img
+
+
+def to_array(img: Image.Image, size: int, color: Color, resize: Resize) -> np.ndarray:
+    """Convert an image to a square uint8 array of the requested colour layout.
+
+    Args:
+        img: A decoded image of any PIL mode.
+        size: Output height and width in pixels.
+        color: ``grayscale`` gives shape ``(size, size, 1)``, ``rgb`` gives ``(size, size, 3)``.
+        resize: ``squash`` ignores the aspect ratio; ``pad`` fits the longer side and pads with
+            black, centred; ``crop`` fits the shorter side and crops the centre.
+
+    Returns:
+        uint8 array of shape ``(size, size, C)``.
+    """
+    img = _to_color(img, color)
+    img = _RESIZERS[resize](img, size)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _to_color(img: Image.Image, color: Color) -> Image.Image:
+    """Convert to mode ``L`` or ``RGB``; alpha is composited on black, deep images scaled min-max."""
+    if img.mode in _HIGH_DEPTH_MODES:
+        img = _scale_to_l(img)
+    elif img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        img = _on_black(img)
+    elif img.mode == "P":
+        img = img.convert("RGB")
+    target = "L" if color == "grayscale" else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _scale_to_l(img: Image.Image) -> Image.Image:
+    """Map a 16-bit / int / float image to 8 bits by its own min and max."""
+    values = np.asarray(img, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _on_black(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha onto a black background (RGB result)."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _squash(img: Image.Image, size: int) -> Image.Image:
+    return img.resize((size, size), _RESAMPLE)
+
+
+def _pad(img: Image.Image, size: int) -> Image.Image:
+    width, height = img.size
+    scale = size / max(width, height)
+    new = (min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale))))
+    canvas = Image.new(img.mode, (size, size), 0)
+    canvas.paste(img.resize(new, _RESAMPLE), ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def _crop(img: Image.Image, size: int) -> Image.Image:
+    width, height = img.size
+    scale = size / min(width, height)
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.resize(new, _RESAMPLE).crop((left, top, left + size, top + size))
+
+
+_RESIZERS = {"squash": _squash, "pad": _pad, "crop": _crop}

@@ -1,0 +1,70 @@
+"""Tensors from pre-decoded uint8 images: train-only augmentation, then normalisation.
+
+Images are decoded and resized once (``medtl.data.sources.load_images``) and held as uint8
+``(N, S, S, C)``; these datasets only augment, replicate grayscale to the model's three
+channels and normalise with the weights' mean/std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from medtl.config import AugmentConfig
+
+
+def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
+    """The train-time augmentation pipeline on uint8 CHW tensors, or None when none is set."""
+    if not cfg.active:
+        return None
+    ops: list[torch.nn.Module] = []
+    if cfg.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if cfg.vflip:
+        ops.append(v2.RandomVerticalFlip())
+    if cfg.rotate or cfg.zoom or cfg.shift:
+        shift = (cfg.shift, cfg.shift) if cfg.shift else None
+        scale = (1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None
+        ops.append(v2.RandomAffine(degrees=cfg.rotate, translate=shift, scale=scale,
+                                   interpolation=v2.InterpolationMode.BILINEAR))
+    if cfg.brightness or cfg.contrast:
+        ops.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
+    return v2.Compose(ops)
+
+
+class Normalizer:
+    """uint8 ``(B, C, H, W)`` → float, 1 channel replicated to 3, normalised by mean/std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class ImageArrayDataset(Dataset):
+    """Items ``(uint8 CHW tensor, label)`` from an in-memory uint8 array, augmented when asked."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 augment: v2.Compose | None = None) -> None:
+        self.images = images
+        self.labels = labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        idx = self.indices[i]
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(2, 0, 1)
+        if self.augment is not None:
+            x = self.augment(x)
+        return x, int(self.labels[idx])

@@ -1,0 +1,1 @@
+"""Evaluation of trained classifiers: metrics, grouped bootstrap CIs and paired tests."""

@@ -1,0 +1,303 @@
+"""Run one experiment end to end: data → splits → per-fold transfer + training → pooled evaluation.
+
+Everything a reader needs to trust a result is written into the run directory: the resolved
+config, the split manifest, per-epoch history, out-of-fold (or test) predictions, metrics with
+group-bootstrap CIs, the model weights (safetensors) with metadata, and a log file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import TensorDataset
+
+from medtl import artifact
+from medtl.config import ExperimentConfig, dump_config
+from medtl.data.sources import LoadedImages, load_images, load_table
+from medtl.data.splits import Fold, assign_groups, make_folds, write_manifest
+from medtl.data.transforms import ImageArrayDataset, Normalizer, build_augment
+from medtl.errors import MedtlError, TrainingError
+from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
+from medtl.models.network import TransferNet, create_model, preprocessing_for
+from medtl.models.registry import WeightsSpec
+from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
+from medtl.train.inference import embed, head_probs, predict_probs
+from medtl.transfer.freeze import apply_strategy, count
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Decoded images with labels, groups and folds."""
+
+    loaded: LoadedImages
+    labels: np.ndarray
+    groups: list[str]
+    folds: list[Fold]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.table.class_names
+
+    @property
+    def positive_index(self) -> int | None:
+        return self.loaded.table.positive_index
+
+
+@dataclass
+class FoldOutcome:
+    """Test-set probabilities and training record of one fold."""
+
+    fold: Fold
+    probs: np.ndarray
+    fit: FitResult
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
+    """Load and decode the data, group it (patients + duplicates) and build the folds."""
+    table = load_table(cfg.data)
+    loaded = load_images(table, cfg.data, progress=progress)
+    samples = loaded.table.samples
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    groups = assign_groups(samples, loaded.hashes)
+    folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction)
+    return PreparedData(loaded, labels, groups, folds)
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Run ``cfg`` and write the run directory ``out_dir``; returns the metrics dict."""
+    out_dir = Path(out_dir)
+    if (out_dir / "metrics.json").exists():
+        raise MedtlError(f"{out_dir} already holds a finished run; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _run_log(out_dir / "run.log"):
+        (out_dir / "config.yaml").write_text(dump_config(cfg))
+        started = time.perf_counter()
+        data = prepare_data(cfg, progress)
+        write_manifest(out_dir / "splits.csv", data.loaded.table, data.groups, data.folds)
+        outcomes, spec = _train_folds(cfg, data, out_dir, progress)
+        metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started)
+        _write_outputs(out_dir, cfg, data, outcomes, metrics, spec)
+    return metrics
+
+
+def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
+                 progress: bool) -> tuple[list[FoldOutcome], WeightsSpec]:
+    bank = None
+    outcomes = []
+    spec: WeightsSpec | None = None
+    for fold in data.folds:
+        log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),
+                 len(fold.train), len(fold.val), len(fold.test))
+        started = time.perf_counter()
+        seed = cfg.train.seed + fold.index
+        L.seed_everything(seed, workers=True, verbose=False)
+        model, spec = create_model(cfg.model.backbone, cfg.model.weights, len(data.class_names),
+                                   cfg.model.head, cfg.model.drop_rate)
+        apply_strategy(model, cfg.transfer)
+        if _uses_feature_bank(cfg):
+            bank = bank or _feature_bank(model, spec, cfg, data)
+            result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
+        else:
+            result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
+        artifact.save_fold(out_dir, fold.index, result.model)
+        outcome = FoldOutcome(fold, probs, result, time.perf_counter() - started)
+        outcome.metrics = compute_metrics(data.labels[fold.test], probs, data.positive_index,
+                                          cfg.evaluate.threshold)
+        log.info("fold %d test: %s", fold.index, _fmt(outcome.metrics))
+        outcomes.append(outcome)
+    assert spec is not None
+    return outcomes, spec
+
+
+def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
+    """Frozen backbone and no augmentation: the backbone's output never changes, compute it once."""
+    return cfg.transfer.strategy == "feature_extraction" and not cfg.data.augment.active
+
+
+def _normalizer(spec: WeightsSpec) -> Normalizer:
+    return Normalizer(spec.mean, spec.std)
+
+
+def _feature_bank(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig,
+                  data: PreparedData) -> tuple[torch.Tensor, torch.Tensor | None]:
+    log.info("feature extraction: computing frozen backbone features once for %d images", len(data.labels))
+    idx = np.arange(len(data.labels))
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device)
+    flipped = None
+    if cfg.evaluate.tta == "hflip":
+        flipped = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, flip=True, device=device)
+    return feats, flipped
+
+
+def _fit_head(model: TransferNet, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
+              bank: tuple[torch.Tensor, torch.Tensor | None], seed: int,
+              progress: bool) -> tuple[FitResult, np.ndarray]:
+    feats, flipped = bank
+    labels = torch.from_numpy(data.labels)
+    head = model.head
+    module = ClassifierModule(head, cfg.train, data.positive_index, _class_weights(cfg, data, fold))
+    train = TensorDataset(feats[fold.train], labels[fold.train])
+    val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
+    result = fit(module, train, val, cfg.train, seed, progress)
+    probs = head_probs(result.model, feats[fold.test], flipped[fold.test] if flipped is not None else None)
+    model.head = result.model
+    result.model = model
+    return result, probs
+
+
+def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData,
+              fold: Fold, seed: int, progress: bool, out_dir: Path) -> tuple[FitResult, np.ndarray]:
+    normalizer = _normalizer(spec)
+    images = data.loaded.images
+    module = ClassifierModule(model, cfg.train, data.positive_index, _class_weights(cfg, data, fold),
+                              prepare=normalizer)
+    train = ImageArrayDataset(images, data.labels, fold.train, build_augment(cfg.data.augment))
+    val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
+    try:
+        result = fit(module, train, val, cfg.train, seed, progress)
+    except TrainingError as exc:
+        raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    probs = predict_probs(result.model, normalizer, images, fold.test, cfg.train.batch_size * 2,
+                          cfg.evaluate.tta, device)
+    return result, probs
+
+
+def _save_last_good(exc: TrainingError, out_dir: Path, fold: Fold) -> str:
+    state = getattr(exc, "last_good", None)
+    if not state:
+        return "no epoch had finished, so there is no checkpoint to keep"
+    path = out_dir / artifact.MODEL_DIR / f"fold{fold.index}.last_good.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return f"the weights of the last good epoch are in {path}"
+
+
+def _class_weights(cfg: ExperimentConfig, data: PreparedData, fold: Fold) -> torch.Tensor | None:
+    return class_weights_for(data.labels[fold.train], len(data.class_names), cfg.train.class_weights)
+
+
+def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome],
+              spec: WeightsSpec, seconds: float) -> dict:
+    idx = np.concatenate([o.fold.test for o in outcomes])
+    probs = np.concatenate([o.probs for o in outcomes])
+    groups = np.array(data.groups, dtype=object)[idx]
+    metrics = summarize(data.labels[idx], probs, groups, data.class_names, data.positive_index,
+                        cfg.evaluate.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
+    metrics["per_fold"] = per_fold_summary([o.metrics for o in outcomes])
+    metrics["protocol"] = _protocol(cfg, data)
+    metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
+                       "n_images": len(data.labels), "n_bad": len(data.loaded.bad),
+                       "bad": [{"file": f, "reason": r} for f, r in data.loaded.bad]}
+    metrics["model"] = {"backbone": cfg.model.backbone, "weights": spec.name, "weights_sha256": spec.sha256,
+                        "strategy": cfg.transfer.strategy, "unfreeze_from": cfg.transfer.unfreeze_from}
+    metrics["epochs_trained"] = [len(o.fit.history) for o in outcomes]
+    metrics["seconds"] = round(seconds, 1)
+    metrics["name"] = cfg.name
+    return metrics
+
+
+def _protocol(cfg: ExperimentConfig, data: PreparedData) -> dict:
+    split = cfg.data.split
+    return {"split": split.method, "folds": len(data.folds), "seed": split.seed,
+            "val_fraction": split.val_fraction, "train_seed": cfg.train.seed,
+            "grouping": "patient + duplicate image content" if data.loaded.table.has_patients
+            else "duplicate image content (no patient ids)",
+            "n_groups": len(set(data.groups)),
+            "evaluated_on": "pooled out-of-fold test predictions" if split.method == "kfold"
+            else "held-out test split", "tta": cfg.evaluate.tta, "threshold": cfg.evaluate.threshold}
+
+
+def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome],
+                   metrics: dict, spec: WeightsSpec) -> None:
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    _write_predictions(out_dir / "predictions.csv", data, outcomes, cfg.evaluate.threshold)
+    _write_history(out_dir / "history.csv", outcomes)
+    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize)
+    lineage = [*spec.lineage, {"stage": cfg.name, "weights": spec.name, "weights_sha256": spec.sha256,
+                               "data": str(cfg.data.location), "strategy": cfg.transfer.strategy,
+                               "splits_sha256": _sha256(out_dir / "splits.csv")}]
+    meta = artifact.ModelMeta(
+        backbone=cfg.model.backbone, head=cfg.model.head.model_dump(), class_names=data.class_names,
+        positive_index=data.positive_index, preprocessing=pre.__dict__ | {"mean": list(pre.mean),
+                                                                          "std": list(pre.std)},
+        threshold=cfg.evaluate.threshold, tta=cfg.evaluate.tta,
+        folds=[f"fold{o.fold.index}.safetensors" for o in outcomes], lineage=lineage,
+        config=cfg.model_dump(mode="json"))
+    artifact.save_meta(out_dir, meta)
+    log.info("trainable parameters at the end: %s", f"{count(outcomes[-1].fit.model, True):,}")
+
+
+def _write_predictions(path: Path, data: PreparedData, outcomes: list[FoldOutcome], threshold: float) -> None:
+    names = data.class_names
+    samples = data.loaded.table.samples
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "path", "fold", "label", "class_name", "group", *[f"prob_{n}" for n in names],
+                         "pred"])
+        for o in outcomes:
+            for i, p in zip(o.fold.test, o.probs, strict=True):
+                writer.writerow([samples[i].id, samples[i].path, o.fold.index, int(data.labels[i]),
+                                 names[data.labels[i]], data.groups[i], *[f"{v:.6f}" for v in p],
+                                 names[_predict(p, data.positive_index, threshold)]])
+
+
+def _predict(p: np.ndarray, positive_index: int | None, threshold: float) -> int:
+    if len(p) == 2 and positive_index is not None:
+        return positive_index if p[positive_index] >= threshold else 1 - positive_index
+    return int(np.argmax(p))
+
+
+def _write_history(path: Path, outcomes: list[FoldOutcome]) -> None:
+    keys = ["fold", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for o in outcomes:
+            for row in o.fit.history:
+                writer.writerow({"fold": o.fold.index, **row})
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+class _run_log:
+    """Context manager that mirrors medtl's and Lightning's log records into the run's log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.loggers = [logging.getLogger("medtl"), logging.getLogger("lightning")]
+
+    def __enter__(self) -> _run_log:
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+        self.handler.close()

@@ -1,0 +1,115 @@
+"""The single model builder: a timm backbone (pooled features) plus a new classification head."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from medtl.config import HeadConfig
+from medtl.errors import WeightsError
+from medtl.models.registry import WeightsSpec, load_pretrained, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects as input; derived from the weights spec and the data config."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: str
+    resize: str
+
+
+def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequential:
+    """A linear head, or an MLP ``in → hidden... → num_classes`` with ReLU, dropout, optional BN."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for hidden in cfg.hidden:
+        layers.append(nn.Linear(width, hidden))
+        if cfg.batchnorm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(nn.ReLU(inplace=True))
+        if cfg.dropout:
+            layers.append(nn.Dropout(cfg.dropout))
+        width = hidden
+    if cfg.dropout and not cfg.hidden:
+        layers.append(nn.Dropout(cfg.dropout))
+    final = nn.Linear(width, num_classes)
+    # A zero-initialised output layer starts every class at equal probability, so the first
+    # steps do not push large random gradients into pretrained features (see docs/results.md).
+    nn.init.zeros_(final.weight)
+    nn.init.zeros_(final.bias)
+    layers.append(final)
+    return nn.Sequential(*layers)
+
+
+class TransferNet(nn.Module):
+    """``backbone`` (timm, ``num_classes=0`` → pooled features) followed by ``head``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> TransferNet:
+        """Like ``nn.Module.train`` but frozen modules (no trainable parameters) stay in eval mode,
+        so the BatchNorm statistics of frozen layers are never updated."""
+        super().train(mode)
+        if mode:
+            for module in frozen_modules(self.backbone):
+                module.eval()
+        return self
+
+
+def frozen_modules(root: nn.Module) -> list[nn.Module]:
+    """Leaf-most modules with parameters, none of which is trainable (BatchNorm included)."""
+    out = []
+    for module in root.modules():
+        params = list(module.parameters(recurse=False))
+        if params and not any(p.requires_grad for p in params):
+            out.append(module)
+    return out
+
+
+def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig | None = None,
+                 drop_rate: float = 0.0) -> tuple[TransferNet, WeightsSpec]:
+    """Build ``backbone`` with ``weights`` loaded and a fresh head for ``num_classes``.
+
+    Args:
+        backbone: a timm architecture name, e.g. ``tf_efficientnet_lite0``.
+        weights: a weights name (see :func:`medtl.models.registry.resolve_weights`).
+        num_classes: classes of the new head.
+        head: head layout; linear when omitted.
+        drop_rate: dropout before the backbone's pooled output (timm ``drop_rate``).
+
+    Returns:
+        The model and the weights spec it was built from.
+    """
+    spec = resolve_weights(weights, backbone)
+    try:
+        net = timm.create_model(backbone, pretrained=False, drop_rate=drop_rate,
+                                num_classes=spec.num_classes if spec.source == "packaged" else 1000)
+    except RuntimeError as exc:
+        raise WeightsError(f"model.backbone '{backbone}': {exc}") from None
+    load_pretrained(net, spec)
+    net.reset_classifier(0)
+    model = TransferNet(net, build_head(net.num_features, num_classes, head or HeadConfig()))
+    log.info("model %s (%s) → %d classes, %.2fM parameters", backbone, spec.name, num_classes,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return model, spec
+
+
+def preprocessing_for(spec: WeightsSpec, image_size: int, color: str, resize: str) -> Preprocessing:
+    """Preprocessing derived from the weights (mean/std) and the data config (size, colour)."""
+    return Preprocessing(image_size=image_size, mean=tuple(spec.mean), std=tuple(spec.std),
+                         color=color, resize=resize)

@@ -1,0 +1,132 @@
+"""Use a finished run: predict new images, or evaluate its model(s) on another dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medtl import artifact
+from medtl.config import DataConfig, EvaluateConfig
+from medtl.data.images import open_image, to_array
+from medtl.data.sources import load_images, load_table
+from medtl.errors import DataError, MedtlError
+from medtl.evaluate.metrics import summarize
+from medtl.train.inference import predict_probs
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given, plus the image files found (recursively) in folders, sorted."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            out.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return out
+
+
+def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
+    """Class probabilities for each image, averaged over the run's fold models.
+
+    Unreadable files are not dropped: their row carries the error and empty probabilities.
+    """
+    models, meta = artifact.load_models(run_dir)
+    pre = meta.preprocess
+    rows, arrays, ok = [], [], []
+    for path in expand_paths(paths):
+        try:
+            arrays.append(to_array(open_image(path), pre.image_size, pre.color, pre.resize))
+            ok.append(len(rows))
+            rows.append({"path": str(path), "error": ""})
+        except DataError as exc:
+            log.warning("%s", exc)
+            rows.append({"path": str(path), "error": str(exc)})
+    if arrays:
+        probs = _ensemble(models, meta, np.stack(arrays))
+        for row_index, p in zip(ok, probs, strict=True):
+            rows[row_index].update({f"prob_{n}": float(v) for n, v in zip(meta.class_names, p, strict=True)})
+            rows[row_index]["pred"] = meta.class_names[_decide(p, meta)]
+    return rows
+
+
+def _ensemble(models: list, meta: artifact.ModelMeta, images: np.ndarray) -> np.ndarray:
+    idx = np.arange(len(images))
+    runs = [predict_probs(m, meta.normalizer(), images, idx, tta=meta.tta) for m in models]
+    return np.mean(runs, axis=0)
+
+
+def _decide(p: np.ndarray, meta: artifact.ModelMeta) -> int:
+    if len(p) == 2 and meta.positive_index is not None:
+        pos = meta.positive_index
+        return pos if p[pos] >= meta.threshold else 1 - pos
+    return int(np.argmax(p))
+
+
+def rows_to_csv(rows: list[dict], class_names: list[str]) -> str:
+    """CSV text with a fixed column order."""
+    buf = io.StringIO()
+    fields = ["path", *[f"prob_{n}" for n in class_names], "pred", "error"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None = None,
+                 evaluate: EvaluateConfig | None = None) -> dict:
+    """Metrics of a run: recomputed from its predictions, or on ``data`` with its saved models.
+
+    On new data, the samples of the source's ``test`` split are used when it defines one, else all.
+    """
+    run_dir = Path(run_dir)
+    meta = artifact.load_meta(run_dir)
+    ev = evaluate or EvaluateConfig(**meta.config.get("evaluate", {}))
+    if data is None:
+        labels, probs, groups = _read_predictions(run_dir / "predictions.csv", meta.class_names)
+    else:
+        labels, probs, groups = _predict_dataset(run_dir, meta, data)
+    metrics = summarize(labels, probs, groups, meta.class_names, meta.positive_index, meta.threshold,
+                        ev.bootstrap, 0)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    return metrics
+
+
+def _read_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise MedtlError(f"{path} not found; is the run finished?")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{n}"]) for n in class_names] for r in rows])
+    return labels, probs, np.array([r["group"] for r in rows], dtype=object)
+
+
+def _predict_dataset(run_dir: Path, meta: artifact.ModelMeta, data: DataConfig):
+    pre = meta.preprocess
+    data = data.model_copy(update={"classes": data.classes or list(meta.class_names),
+                                   "image_size": pre.image_size, "color": pre.color, "resize": pre.resize})
+    table = load_table(data)
+    if table.class_names != meta.class_names:
+        raise DataError(f"{data.location}: classes {table.class_names} differ from the model's {meta.class_names}")
+    loaded = load_images(table, data)
+    samples = loaded.table.samples
+    keep = [i for i, s in enumerate(samples) if s.split == "test"] or list(range(len(samples)))
+    models, _ = artifact.load_models(run_dir)
+    probs = _ensemble(models, meta, loaded.images[keep])
+    labels = np.array([samples[i].label for i in keep])
+    groups = np.array([samples[i].patient or loaded.hashes[i] for i in keep], dtype=object)
+    return labels, probs, groups

@@ -1,0 +1,247 @@
+"""The training engine: a Lightning module around any classifier, best-weights early stopping,
+warm-up + cosine learning-rate schedule, class weights and a NaN guard.
+
+Lightning is the engine so that the same code runs on a laptop CPU, one GPU (AMP) or several.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medtl.config import TrainConfig
+from medtl.errors import TrainingError
+from medtl.evaluate.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+_MODES = {"val_auc": "max", "val_accuracy": "max", "val_loss": "min"}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the model with its best weights restored and the epoch history."""
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float | None = None
+    stopped_early: bool = False
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of ``model``; ``prepare`` maps a raw batch to model input."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, positive_index: int | None,
+                 class_weights: torch.Tensor | None = None,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.positive_index = positive_index
+        self.prepare = prepare or (lambda x: x)
+        self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+        self.history: list[dict[str, float]] = []
+        self._train: list[tuple[float, int, int]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.prepare(x))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                "lower train.lr, switch train.optimizer, or check the input images")
+        correct = int((logits.argmax(1) == y).sum())
+        self._train.append((float(loss.detach()) * len(y), correct, len(y)))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._val.append((self(x).float().detach().cpu(), y.detach().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val or self.trainer.sanity_checking:
+            self._val.clear()
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val])
+        self._val.clear()
+        probs = logits.softmax(1).numpy()
+        scores = compute_metrics(y.numpy(), probs, self.positive_index)
+        self.log("val_loss", float(nn.functional.cross_entropy(logits, y)))
+        self.log("val_accuracy", scores["accuracy"])
+        self.log("val_auc", _nan_to(scores["auc"], 0.0))
+
+    def on_train_epoch_end(self) -> None:
+        loss_sum, correct, n = (sum(v) for v in zip(*self._train, strict=True)) if self._train else (0, 0, 0)
+        self._train.clear()
+        row = {"epoch": self.current_epoch, "train_loss": loss_sum / max(n, 1),
+               "train_accuracy": correct / max(n, 1), "lr": self.optimizers().param_groups[0]["lr"]}
+        for key in ("val_loss", "val_accuracy", "val_auc"):
+            if key in self.trainer.callback_metrics:
+                row[key] = float(self.trainer.callback_metrics[key])
+        self.history.append(row)
+        log.info("epoch %d: %s", self.current_epoch,
+                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+
+    def configure_optimizers(self) -> dict:
+        optimizer = make_optimizer(self.model, self.cfg)
+        total = self.trainer.estimated_stepping_batches
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        schedule = warmup_cosine(int(self.cfg.warmup_epochs * steps_per_epoch), int(total),
+                                 cosine=self.cfg.scheduler == "cosine")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _nan_to(value: float, default: float) -> float:
+    return default if value is None or math.isnan(value) else value
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over trainable parameters; no weight decay on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("no trainable parameters: check transfer.strategy / transfer.unfreeze_from")
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    factory = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return factory(groups, lr=cfg.lr)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up from 1% to 1, then cosine decay to 1% (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / max(1, warmup_steps)
+        if not cosine:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class BestWeights(L.Callback):
+    """Keep the best weights by a validation metric (and the last good ones); stop on patience."""
+
+    def __init__(self, monitor: str | None, patience: int | None, min_delta: float = 0.0) -> None:
+        self.monitor = monitor
+        self.mode = _MODES.get(monitor or "", "max")
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best_score: float | None = None
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.last_good: dict[str, torch.Tensor] | None = None
+        self.wait = 0
+        self.stopped = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = _cpu_state(pl_module.model)
+        self.last_good = state
+        score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+        if score is None:
+            self.best_state, self.best_epoch = state, trainer.current_epoch
+            return
+        score = float(score)
+        if self._improved(score):
+            self.best_score, self.best_epoch, self.best_state, self.wait = score, trainer.current_epoch, state, 0
+            return
+        self.wait += 1
+        if self.patience is not None and self.wait >= self.patience:
+            self.stopped = trainer.should_stop = True
+            log.info("early stopping at epoch %d: %s has not improved for %d epochs (best %.4f at %d)",
+                     trainer.current_epoch, self.monitor, self.wait, self.best_score, self.best_epoch)
+
+    def _improved(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        if self.mode == "max":
+            return score > self.best_score + self.min_delta
+        return score < self.best_score - self.min_delta
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
+    """``balanced`` weights n / (K · n_k), as scikit-learn computes them; None for ``none``."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = len(labels) / (n_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def accelerator(cfg: TrainConfig) -> str:
+    """Lightning accelerator for ``train.device`` (``auto`` → GPU when one is present)."""
+    if cfg.device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return "gpu" if cfg.device == "cuda" else "cpu"
+
+
+def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
+    """A DataLoader sized to the machine: in-process on CPU, workers on GPU."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if torch.cuda.is_available() else 0)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
+                      generator=generator, drop_last=False, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())
+
+
+def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
+        seed: int, progress: bool = True) -> FitResult:
+    """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
+
+    Without a validation set (or without early stopping) the weights of the last epoch are kept,
+    unless a validation set is given, in which case the best epoch by ``val_auc`` is restored.
+    """
+    es = cfg.early_stopping
+    monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
+    keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=progress, callbacks=[keeper], deterministic=True,
+        precision="16-mixed" if accelerator(cfg) == "gpu" else "32-true")
+    train_loader = loader(train, cfg, shuffle=True, seed=seed)
+    val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None
+    try:
+        trainer.fit(module, train_loader, val_loader)
+    except TrainingError as exc:
+        exc.last_good = keeper.last_good  # type: ignore[attr-defined]
+        raise
+    module.model.load_state_dict(keeper.best_state or _cpu_state(module.model))
+    module.model.to("cpu").eval()
+    return FitResult(model=module.model, history=module.history, best_epoch=keeper.best_epoch,
+                     best_score=keeper.best_score, stopped_early=keeper.stopped)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy (for fold-independent starting points)."""
+    return copy.deepcopy(model)

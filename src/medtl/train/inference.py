@@ -1,0 +1,54 @@
+"""Batched inference on pre-decoded uint8 images: class probabilities and backbone embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl.data.transforms import Normalizer
+
+
+def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int):
+    for start in range(0, len(indices), batch_size):
+        chunk = images[indices[start:start + batch_size]]
+        yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
+                  batch_size: int = 64, tta: str = "none", device: str = "cpu") -> np.ndarray:
+    """Softmax probabilities ``(len(indices), K)``; ``tta='hflip'`` averages with the mirrored image."""
+    model = model.to(device).eval()
+    out = []
+    for batch in _batches(images, np.asarray(indices), batch_size):
+        x = normalizer(batch.to(device))
+        probs = model(x).float().softmax(1)
+        if tta == "hflip":
+            probs = 0.5 * (probs + model(torch.flip(x, dims=[3])).float().softmax(1))
+        out.append(probs.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.inference_mode()
+def embed(backbone: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
+          batch_size: int = 64, flip: bool = False, device: str = "cpu") -> torch.Tensor:
+    """Pooled backbone features ``(len(indices), D)`` of the (optionally mirrored) images."""
+    backbone = backbone.to(device).eval()
+    out = []
+    for batch in _batches(images, np.asarray(indices), batch_size):
+        x = normalizer(batch.to(device))
+        if flip:
+            x = torch.flip(x, dims=[3])
+        out.append(backbone(x).float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def head_probs(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | None = None) -> np.ndarray:
+    """Softmax of a head on precomputed features, averaged with the mirrored features when given."""
+    head = head.eval()
+    probs = head(features).softmax(1)
+    if flipped is not None:
+        probs = 0.5 * (probs + head(flipped).softmax(1))
+    return probs.numpy()
