@@ -129,6 +129,7 @@ class EarlyStoppingConfig(StrictModel):
     monitor: Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
+    tie_tolerance: float = Field(0.01, ge=0.0, le=0.5)
 
 
 class TrainConfig(StrictModel):

@@ -18,9 +18,12 @@ import hashlib
 import importlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -132,7 +135,10 @@ def _default_spec(architecture: str, name: str, source: str, location: str) -> W
 
 
 def _hub_spec(tag: str) -> WeightsSpec:
-    cfg = timm.models.get_pretrained_cfg(tag)
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:  # timm raises for a known architecture with an unknown tag
+        cfg = None
     if cfg is None:
         raise WeightsError(f"model.weights 'hub:{tag}': timm has no pretrained tag '{tag}' "
                            "(list them with timm.list_pretrained())")
@@ -210,14 +216,58 @@ def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], name: str) 
 
 def _load_hub(model: nn.Module, spec: WeightsSpec) -> None:
     tag = spec.name[4:]
+    overlay = None
+    # Without a network the hub client retries for about a minute before giving up; detect that
+    # case first and then load from the local cache only (or fail at once).
+    if not _hub_reachable(spec.location):
+        cached = _cached_hub_file(spec.location)
+        if cached is None:
+            raise WeightsError(_hub_error(spec, "the hub is not reachable (offline or HF_HUB_OFFLINE=1) "
+                                                "and the weights are not in the local cache"))
+        overlay = {"file": cached}
     try:
-        pretrained = timm.create_model(tag, pretrained=True)
+        pretrained = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as exc:  # network, HF hub and timm raise many types; re-raised with the fix
-        offline = ", ".join(s.name for s in list_weights() if s.source == "packaged")
-        raise WeightsError(
-            f"model.weights '{spec.name}' could not be downloaded ({type(exc).__name__}: {exc}). "
-            f"Offline, use packaged weights ({offline}), a local 'file:<path>' checkpoint, or 'none'") from None
+        raise WeightsError(_hub_error(spec, f"{type(exc).__name__}: {exc}")) from None
     model.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def _hub_error(spec: WeightsSpec, reason: str) -> str:
+    offline = ", ".join(s.name for s in list_weights() if s.source == "packaged")
+    return (f"model.weights '{spec.name}' could not be downloaded ({reason}). "
+            f"Offline, use packaged weights ({offline}), a local 'file:<path>' checkpoint, or 'none'")
+
+
+def _hub_reachable(location: str, timeout: float = 3.0) -> bool:
+    """False when offline mode is set or the weights' host does not answer within ``timeout``."""
+    import huggingface_hub.constants as hf_constants
+
+    if hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe says nothing behind a proxy; let the download decide
+    url = location if location.startswith("http") else hf_constants.ENDPOINT
+    host = urlparse(url).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached_hub_file(location: str) -> str | None:
+    """A locally cached weights file for an HF hub id (or a timm download URL), else None."""
+    if location.startswith("http"):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(location).path).name
+        return str(path) if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = location.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _load_file(model: nn.Module, spec: WeightsSpec) -> None:

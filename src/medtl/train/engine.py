@@ -144,14 +144,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True) -> C
 
 
 class BestWeights(L.Callback):
-    """Keep the best weights by a validation metric (and the last good ones); stop on patience."""
+    """Keep the best weights by a validation metric (and the last good ones); stop on patience.
 
-    def __init__(self, monitor: str | None, patience: int | None, min_delta: float = 0.0) -> None:
+    For ``val_auc`` / ``val_accuracy`` on small validation sets the metric saturates and jumps by
+    one case at a time, so an early, poorly calibrated epoch can win by a hair. Epochs whose score
+    is within ``tie_tolerance`` of the best are treated as ties, and a tie with a lower validation
+    loss takes the place of the best weights (see docs/results.md for the measurement).
+    """
+
+    def __init__(self, monitor: str | None, patience: int | None, min_delta: float = 0.0,
+                 tie_tolerance: float = 0.0) -> None:
         self.monitor = monitor
         self.mode = _MODES.get(monitor or "", "max")
         self.patience = patience
         self.min_delta = min_delta
+        self.tie_tolerance = tie_tolerance if monitor != "val_loss" else 0.0
         self.best_score: float | None = None
+        self.best_loss = math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_good: dict[str, torch.Tensor] | None = None
@@ -165,9 +174,10 @@ class BestWeights(L.Callback):
         if score is None:
             self.best_state, self.best_epoch = state, trainer.current_epoch
             return
-        score = float(score)
-        if self._improved(score):
-            self.best_score, self.best_epoch, self.best_state, self.wait = score, trainer.current_epoch, state, 0
+        score, loss = float(score), float(trainer.callback_metrics.get("val_loss", math.inf))
+        if self._improved(score) or self._better_tie(score, loss):
+            self.best_score = score if self._improved(score) else self.best_score
+            self.best_loss, self.best_epoch, self.best_state, self.wait = loss, trainer.current_epoch, state, 0
             return
         self.wait += 1
         if self.patience is not None and self.wait >= self.patience:
@@ -181,6 +191,11 @@ class BestWeights(L.Callback):
         if self.mode == "max":
             return score > self.best_score + self.min_delta
         return score < self.best_score - self.min_delta
+
+    def _better_tie(self, score: float, loss: float) -> bool:
+        if self.best_score is None or not self.tie_tolerance:
+            return False
+        return abs(score - self.best_score) <= self.tie_tolerance and loss < self.best_loss
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -223,7 +238,8 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     """
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
-    keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0)
+    keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0,
+                         es.tie_tolerance if es else 0.0)
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -1,0 +1,144 @@
+"""Real end-to-end runs on small subsets of the shared datasets (marked slow: ~1–2 min in all)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medtl.cli import app
+from medtl.config import parse_config
+from medtl.errors import DataError, TrainingError
+from medtl.experiment import run_experiment
+from medtl.predict import evaluate_run, predict_files
+
+pytestmark = pytest.mark.slow
+
+KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
+
+
+def brain_config(root: Path, **over) -> dict:
+    cfg = {
+        "name": "e2e",
+        "data": {"source": "folder", "root": str(root), "positive_class": "yes", "image_size": 128,
+                 "max_per_class": 45, "split": {"method": "kfold", "folds": 3, "seed": 0}},
+        "transfer": {"strategy": "feature_extraction"},
+        "train": {"optimizer": "adamw", "lr": 0.003, "epochs": 40, "warmup_epochs": 0, "progress": False},
+        "evaluate": {"bootstrap": 200},
+    }
+    for key, value in over.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fe_run(brain_mri: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("fe") / "run"
+    metrics = run_experiment(parse_config(brain_config(brain_mri)), out, progress=False)
+    return out, metrics
+
+
+def test_feature_extraction_learns_real_brain_mri(fe_run: tuple[Path, dict]) -> None:
+    _, metrics = fe_run
+    assert metrics["n"] == 90
+    assert metrics["auc"]["value"] > 0.8, metrics["auc"]
+    assert metrics["accuracy"]["value"] > 0.7
+    lo, hi = metrics["auc"]["ci95"]
+    assert lo <= metrics["auc"]["value"] <= hi
+
+
+def test_run_directory_contents(fe_run: tuple[Path, dict]) -> None:
+    out, _ = fe_run
+    for name in ("config.yaml", "splits.csv", "history.csv", "metrics.json", "predictions.csv", "run.log",
+                 "model/model.json", "model/fold0.safetensors", "model/fold2.safetensors"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in KEYS:
+        assert set(metrics[key]) == {"value", "ci95"}
+    assert {"n", "protocol", "per_fold"} <= set(metrics)
+    assert metrics["protocol"]["folds"] == 3 and metrics["protocol"]["split"] == "kfold"
+    assert len(metrics["per_fold"]["auc"]["values"]) == 3
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 90 and {r["fold"] for r in rows} == {"0", "1", "2"}
+    with open(out / "splits.csv") as fh:
+        manifest = list(csv.DictReader(fh))
+    for fold in ("0", "1", "2"):
+        roles: dict[str, str] = {}
+        for row in (r for r in manifest if r["fold"] == fold):
+            assert roles.setdefault(row["group"], row["role"]) == row["role"], "group crosses roles"
+
+
+def test_same_config_same_metrics(brain_mri: Path, fe_run: tuple[Path, dict], tmp_path: Path) -> None:
+    again = run_experiment(parse_config(brain_config(brain_mri)), tmp_path / "again", progress=False)
+    for key in KEYS:
+        assert again[key] == fe_run[1][key]
+
+
+def test_evaluate_recomputes_from_predictions(fe_run: tuple[Path, dict]) -> None:
+    out, metrics = fe_run
+    again = evaluate_run(out)
+    assert again["auc"]["value"] == pytest.approx(metrics["auc"]["value"], abs=1e-6)
+
+
+def test_predict_files_and_folders_keeps_bad_files(fe_run: tuple[Path, dict], brain_mri: Path,
+                                                   tmp_path: Path) -> None:
+    out, _ = fe_run
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("Y1.jpg", "Y10.jpg"):
+        shutil.copy(brain_mri / "yes" / name, folder / name)
+    (folder / "broken.jpg").write_bytes((brain_mri / "yes" / "Y1.jpg").read_bytes()[:300])
+    rows = predict_files(out, [folder, brain_mri / "no" / "no 10.jpg"])
+    assert len(rows) == 4
+    broken = [r for r in rows if r["path"].endswith("broken.jpg")]
+    assert broken and broken[0]["error"]
+    good = [r for r in rows if not r["error"]]
+    assert all(abs(r["prob_no"] + r["prob_yes"] - 1) < 1e-5 for r in good)
+
+
+def test_fine_tune_cli_end_to_end(brain_mri: Path, tmp_path: Path) -> None:
+    cfg = brain_config(brain_mri, data={"image_size": 96, "max_per_class": 30, "augment": {"hflip": True}},
+                       transfer={"strategy": "fine_tune", "unfreeze_from": "blocks.5"},
+                       train={"epochs": 2, "lr": 0.001, "batch_size": 16})
+    config = tmp_path / "ft.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "run"), "--quiet",
+                                 "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3, "one epoch per fold after --set train.epochs=1"
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(brain_mri / "yes" / "Y1.jpg")])
+    assert result.exit_code == 0, result.output
+    assert "prob_yes" in result.output
+
+
+def test_corrupt_images_are_skipped_and_counted(brain_mri: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for cls in ("yes", "no"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((brain_mri / cls).iterdir())[:20]:
+            shutil.copy(src, root / cls / src.name)
+    (root / "yes" / "zz_truncated.jpg").write_bytes((brain_mri / "yes" / "Y1.jpg").read_bytes()[:500])
+    cfg = brain_config(root, data={"max_per_class": None, "image_size": 64})
+    metrics = run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+    assert metrics["data"]["n_bad"] == 1 and "zz_truncated" in metrics["data"]["bad"][0]["file"]
+    assert metrics["n"] == 40
+    cfg["data"]["max_bad_fraction"] = 0.01
+    with pytest.raises(DataError, match="max_bad_fraction"):
+        run_experiment(parse_config(cfg), tmp_path / "run2", progress=False)
+
+
+def test_nan_loss_stops_with_clear_error(brain_mri: Path, tmp_path: Path) -> None:
+    cfg = brain_config(brain_mri, data={"image_size": 64, "max_per_class": 20, "augment": {"hflip": True}},
+                       transfer={"strategy": "fine_tune", "unfreeze_from": "blocks.6"},
+                       train={"epochs": 3, "lr": 1e30, "optimizer": "sgd", "batch_size": 8})
+    with pytest.raises(TrainingError, match="lr"):
+        run_experiment(parse_config(cfg), tmp_path / "run", progress=False)

@@ -1,0 +1,191 @@
+"""Tests of medtl.train.engine: LR schedule, class weights, a tiny real fit, early stopping with
+best-weights restore, and the NaN guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from medtl.config import EarlyStoppingConfig, TrainConfig
+from medtl.errors import TrainingError
+from medtl.train.engine import ClassifierModule, class_weights_for, fit, make_optimizer, warmup_cosine
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared, busy CPU two threads spin-wait and run ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blobs(n: int, seed: int, flip: bool = False) -> TensorDataset:
+    """Two well separated 2-D Gaussian blobs (labels swapped when ``flip``)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    centers = torch.tensor([[-2.0, -2.0], [2.0, 2.0]])
+    x = centers[y] + 0.5 * torch.randn(n, 2, generator=gen)
+    return TensorDataset(x, 1 - y if flip else y)
+
+
+def config(**kwargs: object) -> TrainConfig:
+    base = {"optimizer": "adam", "lr": 0.05, "batch_size": 32, "epochs": 5, "device": "cpu",
+            "num_workers": 0, "progress": False, "scheduler": "constant", "warmup_epochs": 0.0}
+    return TrainConfig(**{**base, **kwargs})
+
+
+class Recorder(ClassifierModule):
+    """Keeps a copy of the weights at the end of every training epoch."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+
+# ---------------------------------------------------------------- schedule, weights, optimizer
+
+
+def test_warmup_cosine_shape() -> None:
+    f = warmup_cosine(10, 110)
+    values = [f(s) for s in range(111)]
+    assert values[0] == pytest.approx(0.01)
+    assert values[10] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.505)  # half-way through the cosine
+    assert values[110] == pytest.approx(0.01)
+    assert all(a < b for a, b in zip(values[:10], values[1:11], strict=True))  # warm-up rises
+    assert all(a > b for a, b in zip(values[10:110], values[11:111], strict=True))  # cosine falls
+    assert f(500) == pytest.approx(0.01)  # stays at the floor past the end
+
+
+def test_warmup_then_constant() -> None:
+    f = warmup_cosine(4, 100, cosine=False)
+    assert f(0) == pytest.approx(0.01)
+    assert f(2) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert [f(s) for s in (4, 50, 100, 200)] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_no_warmup_starts_at_full_rate() -> None:
+    assert warmup_cosine(0, 100)(0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_class_weights_match_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=200, p=[0.6, 0.3, 0.1])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    got = class_weights_for(labels, 3, "balanced")
+    assert got is not None and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert class_weights_for(labels, 3, "none") is None
+
+
+def test_optimizer_skips_frozen_and_decays_only_weights() -> None:
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    opt = make_optimizer(model, config(optimizer="sgd", weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    assert {id(p) for p in decay["params"]} == {id(model[2].weight)}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 3  # BN weight, BN bias, last bias
+    model.requires_grad_(False)
+    with pytest.raises(TrainingError, match="no trainable parameters"):
+        make_optimizer(model, config())
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_tiny_fit_learns_separable_data() -> None:
+    torch.manual_seed(0)
+    module = ClassifierModule(nn.Linear(2, 2), config(epochs=5), positive_index=1)
+    val = blobs(100, seed=2)
+    result = fit(module, blobs(200, seed=1), val, config(epochs=5), seed=0, progress=False)
+    x, y = val.tensors
+    with torch.no_grad():
+        accuracy = float((result.model(x).argmax(1) == y).float().mean())
+    assert accuracy > 0.9
+    assert len(result.history) == 5
+    assert [row["epoch"] for row in result.history] == list(range(5))
+    for row in result.history:
+        assert {"train_loss", "train_accuracy", "lr", "val_loss", "val_accuracy", "val_auc"} <= set(row)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["val_auc"] > 0.95
+    assert not result.stopped_early and result.best_epoch >= 0
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    """Train labels are clean, 20% of validation labels are swapped: as the model grows confident,
+    val_loss first falls and then rises, so training stops and must go back to the best epoch."""
+    x, y = blobs(100, seed=2).tensors
+    swapped = torch.rand(100, generator=torch.Generator().manual_seed(3)) < 0.2
+    y = torch.where(swapped, 1 - y, y)
+    linear = nn.Linear(2, 2)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    cfg = config(epochs=30, lr=0.005, early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=1))
+    module = Recorder(linear, cfg, positive_index=1)
+    result = fit(module, blobs(200, seed=1), TensorDataset(x, y), cfg, seed=0, progress=False)
+
+    losses = [row["val_loss"] for row in result.history]
+    assert result.stopped_early
+    assert len(result.history) < cfg.epochs
+    assert result.best_epoch == int(np.argmin(losses)) > 0
+    assert len(result.history) == result.best_epoch + 1 + 1  # stopped after `patience` bad epochs
+    assert result.best_score == pytest.approx(losses[result.best_epoch])
+
+    final = result.model.state_dict()
+    best, last = module.states[result.best_epoch], module.states[-1]
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], last[k]) for k in last)
+    with torch.no_grad():
+        recomputed = float(nn.functional.cross_entropy(result.model(x), y))
+    assert recomputed == pytest.approx(losses[result.best_epoch], rel=1e-5)
+
+
+class NaNAfter(nn.Module):
+    """A linear model whose output turns NaN after ``calls`` forward passes."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.calls_left = calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        self.calls_left -= 1
+        return out * float("nan") if self.calls_left < 0 else out
+
+
+def test_nan_from_the_start_raises_without_last_good() -> None:
+    module = ClassifierModule(NaNAfter(0), config(), positive_index=1)
+    with pytest.raises(TrainingError) as info:
+        fit(module, blobs(64, seed=1), None, config(), seed=0, progress=False)
+    assert "lr" in str(info.value) and "epoch 0" in str(info.value)
+    assert info.value.last_good is None
+
+
+def test_nan_in_the_second_epoch_keeps_the_first_epochs_weights() -> None:
+    torch.manual_seed(0)
+    model = NaNAfter(2)  # 64 samples / batch 32 = 2 batches: epoch 0 is clean, epoch 1 is NaN
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = ClassifierModule(model, config(), positive_index=1)
+    with pytest.raises(TrainingError) as info:
+        fit(module, blobs(64, seed=1), None, config(), seed=0, progress=False)
+    assert "lr" in str(info.value) and "epoch 1" in str(info.value)
+    last_good = info.value.last_good
+    assert isinstance(last_good, dict) and set(last_good) == set(before)
+    for key, value in last_good.items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(value, model.state_dict()[key].cpu())  # weights after epoch 0
+        assert not torch.equal(value, before[key])  # epoch 0 did train
