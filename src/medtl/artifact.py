@@ -41,7 +41,8 @@ class ModelMeta:
     def preprocess(self) -> Preprocessing:
         """The :class:`Preprocessing` of this model."""
         p = self.preprocessing
-        return Preprocessing(p["image_size"], tuple(p["mean"]), tuple(p["std"]), p["color"], p["resize"])
+        return Preprocessing(p["image_size"], tuple(p["mean"]), tuple(p["std"]), p["color"], p["resize"],
+                             p.get("crop", "none"))
 
     def normalizer(self) -> Normalizer:
         """Normaliser for uint8 batches."""

@@ -138,5 +138,66 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="Where the run dire
         out.print(f"{name}: {run_dir}  ({m['seconds']:.0f} s)")
 
 
+
+@app.command()
+def convert(src_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files (recursive).")],
+            out_dir: Annotated[Path, typer.Argument(help="Output folder (outside SRC_DIR).")],
+            fmt: Annotated[str, typer.Option("--format", help="png8 (windowed), png16 (stored values) or dicom.")]
+            = "png8",
+            window: Annotated[str, typer.Option(help="file, minmax, brain, subdural, bone, lung, mediastinum.")]
+            = "file",
+            labels: Annotated[Path | None, typer.Option(help="Labels CSV (keyed on the original values).")] = None,
+            label_key: Annotated[str, typer.Option(help="PatientID, StudyInstanceUID, SOPInstanceUID or path.")]
+            = "PatientID",
+            label_column: Annotated[str, typer.Option(help="Label column of the labels CSV.")] = "label",
+            dates: Annotated[str, typer.Option(help="shift (consistently) or remove.")] = "shift",
+            key: Annotated[str | None, typer.Option(help="Secret for reproducible pseudonyms (default random).")]
+            = None,
+            log_source_paths: Annotated[bool, typer.Option(help="Name source paths in the audit log.")] = False,
+            quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """DICOM to de-identified PNG (or DICOM) + manifest.csv + de-identification audit log."""
+    from pydantic import ValidationError
+
+    from medtl.config import DicomConfig
+    from medtl.data.convert import ConvertOptions, convert_dicom
+
+    try:
+        options = ConvertOptions(format=fmt, dicom=DicomConfig(window=window), labels=labels,  # type: ignore[arg-type]
+                                 label_key=label_key, label_column=label_column, dates=dates,  # type: ignore[arg-type]
+                                 key=key, log_source_paths=log_source_paths)
+        report = convert_dicom(src_dir, out_dir, options, progress=not quiet)
+    except (MedtlError, ValidationError) as exc:
+        _fail(exc)
+    for source, reason in report.errors:
+        console.print(f"[red]not converted[/] {source}: {reason}")
+    out.print(f"{report.n_converted} of {report.n_files} files converted into {report.n_outputs} outputs in "
+              f"{out_dir}; {len(report.errors)} errors, {len(report.warnings)} warnings (see {report.report.name})")
+
+
+@app.command()
+def audit(target: Annotated[Path, typer.Argument(help="Run directory, YAML config, image folder or .npz.")],
+          json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report here.")] = None,
+          distance: Annotated[int, typer.Option(help="Max perceptual-hash distance of near-duplicates.")] = 2,
+          hash_size: Annotated[int, typer.Option(help="Perceptual hash side (bits = side^2).")] = 8,
+          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Leakage and data-quality report; exit code 1 when a patient or exact duplicate crosses splits."""
+    import json
+
+    from medtl.data.audit import audit as run_audit
+    from medtl.data.audit import report_tables
+
+    try:
+        report = run_audit(target, distance=distance, hash_size=hash_size, progress=not quiet)
+    except MedtlError as exc:
+        _fail(exc)
+    for table in report_tables(report):
+        out.print(table)
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        out.print(f"report written to {json_path}")
+    if report.leakage:
+        console.print("[bold red]leakage:[/] a patient or an identical image is in more than one split")
+        raise typer.Exit(1)
+
 if __name__ == "__main__":
     app()

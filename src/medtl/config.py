@@ -64,10 +64,79 @@ class AugmentConfig(StrictModel):
         return any(bool(v) for v in self.model_dump().values())
 
 
+WindowPreset = Literal["brain", "subdural", "bone", "lung", "mediastinum"]
+"""Named CT windows (center/width in HU): brain 40/80, subdural 75/215, bone 600/2800, lung -600/1500,
+mediastinum 50/350 (values in :data:`medtl.data.dicom.WINDOW_PRESETS`)."""
+
+
+class DicomConfig(StrictModel):
+    """How DICOM pixels become 8-bit images and how files are keyed (``data.source: dicom``).
+
+    The Modality LUT (RescaleSlope/Intercept) is applied first, then ``window``: ``file`` (the
+    file's own VOI LUT or window; min-max when it has none), ``minmax``, a CT preset, or ``custom``
+    with ``center``/``width``. MONOCHROME1 is always inverted. ``channels: replicate`` keeps one
+    gray channel; ``windows`` stacks the three ``channel_windows`` as RGB (needs ``data.color: rgb``).
+    Labels come from ``data.csv`` keyed by ``label_key`` (column ``key_column``, default the key's
+    name); without ``data.csv`` the subfolders of ``data.root`` are the classes.
+    """
+
+    window: Literal["file", "minmax", "custom", "brain", "subdural", "bone", "lung", "mediastinum"] = "file"
+    center: float | None = None
+    width: float | None = Field(None, gt=0)
+    channels: Literal["replicate", "windows"] = "replicate"
+    channel_windows: list[WindowPreset] = Field(default_factory=lambda: ["brain", "subdural", "bone"])
+    patient_tag: str = "PatientID"
+    label_key: Literal["PatientID", "StudyInstanceUID", "SOPInstanceUID", "path"] = "PatientID"
+    key_column: str | None = None
+
+    @model_validator(mode="after")
+    def _window_is_complete(self) -> DicomConfig:
+        custom = self.center is not None and self.width is not None
+        if self.window == "custom" and not custom:
+            raise ValueError("data.dicom.window 'custom' needs data.dicom.center and data.dicom.width")
+        if self.window != "custom" and (self.center is not None or self.width is not None):
+            raise ValueError("data.dicom.center/width are used only with data.dicom.window: custom; set it")
+        if len(self.channel_windows) != 3:
+            raise ValueError("data.dicom.channel_windows must name exactly three windows (R, G, B)")
+        return self
+
+
+class StrategyConfig(StrictModel):
+    """Data strategies (as in the breast tomosynthesis study), applied to the sample table in this order.
+
+    1. ``merge`` classes (``{tumor: [benign, malignant]}``) and ``drop`` classes (``[actionable]``);
+    2. ``slices``: ``all_slices``, ``one_per_volume`` or ``one_per_patient`` (the slice named in
+       ``slice_csv`` with columns ``patient_id``, ``slice`` and optional ``view``, else the middle slice);
+    3. ``subsample``: keep this fraction of each named class's patients (``{normal: 0.15}``), seeded.
+
+    ``expand`` (``{tumor: 4}``) adds K augmented copies (``expand_augment``) of each *training* sample
+    of a class after splitting, inside training only, so copies can never reach validation or test.
+    """
+
+    slices: Literal["all_slices", "one_per_volume", "one_per_patient"] = "all_slices"
+    slice_csv: Path | None = None
+    merge: dict[str, list[str]] = Field(default_factory=dict)
+    drop: list[str] = Field(default_factory=list)
+    subsample: dict[str, float] = Field(default_factory=dict)
+    expand: dict[str, int] = Field(default_factory=dict)
+    expand_augment: AugmentConfig = AugmentConfig(hflip=True, rotate=15.0, zoom=0.1, brightness=0.1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _values_in_range(self) -> StrategyConfig:
+        bad = {k: v for k, v in self.subsample.items() if not 0.0 < v <= 1.0}
+        if bad:
+            raise ValueError(f"data.strategy.subsample fractions must be in (0, 1]; got {bad}")
+        bad = {k: v for k, v in self.expand.items() if v < 1}
+        if bad:
+            raise ValueError(f"data.strategy.expand copies must be at least 1; got {bad}")
+        return self
+
+
 class DataConfig(StrictModel):
     """Where the images are, how they are labelled, split, resized and augmented."""
 
-    source: Literal["folder", "csv", "medmnist"]
+    source: Literal["folder", "csv", "medmnist", "dicom"]
     root: Path | None = None
     csv: Path | None = None
     path: Path | None = None
@@ -80,15 +149,20 @@ class DataConfig(StrictModel):
     image_size: int = Field(224, ge=8, le=2048)
     color: Literal["grayscale", "rgb"] = "grayscale"
     resize: Literal["squash", "pad", "crop"] = "squash"
+    crop: Literal["none", "foreground"] = "none"
     split: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     max_per_class: int | None = Field(None, ge=1)
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    dicom: DicomConfig = DicomConfig()
+    strategy: StrategyConfig = StrategyConfig()
 
     @model_validator(mode="after")
     def _source_has_location(self) -> DataConfig:
-        needed = {"folder": "root", "csv": "csv", "medmnist": "path"}[self.source]
+        if self.source == "dicom" and self.dicom.channels == "windows" and self.color != "rgb":
+            raise ValueError("data.dicom.channels 'windows' stacks three windows as RGB: set data.color: rgb")
+        needed = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root"}[self.source]
         if getattr(self, needed) is None:
             raise ValueError(f"data.source '{self.source}' needs data.{needed}")
         return self
@@ -96,7 +170,7 @@ class DataConfig(StrictModel):
     @property
     def location(self) -> Path:
         """The folder, CSV or .npz file the data comes from."""
-        return {"folder": self.root, "csv": self.csv, "medmnist": self.path}[self.source]
+        return {"folder": self.root, "csv": self.csv, "medmnist": self.path, "dicom": self.root}[self.source]
 
 
 class HeadConfig(StrictModel):
@@ -114,6 +188,7 @@ class ModelConfig(StrictModel):
     weights: str = "packaged:efficientnet_lite0"
     head: HeadConfig = HeadConfig()
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class TransferConfig(StrictModel):
@@ -121,6 +196,7 @@ class TransferConfig(StrictModel):
 
     strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
     unfreeze_from: str | None = None
+    bn: Literal["train", "frozen"] = "train"
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -152,12 +228,20 @@ class TrainConfig(StrictModel):
     progress: bool = True
 
 
+class PatientLevelConfig(StrictModel):
+    """Patient-level evaluation: one score per patient from its slices' (mean / max / top-k mean)."""
+
+    method: Literal["mean", "max", "topk_mean"] = "mean"
+    k: int = Field(3, ge=1)
+
+
 class EvaluateConfig(StrictModel):
     """How results are computed: bootstrap resamples, threshold and test-time augmentation."""
 
     bootstrap: int = Field(1000, ge=0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     tta: Literal["none", "hflip"] = "hflip"
+    patient_level: PatientLevelConfig | None = None
 
 
 class ExperimentConfig(StrictModel):
@@ -255,6 +339,8 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
         value = getattr(data, key)
         if value is not None and not value.is_absolute():
             setattr(data, key, (base / value).resolve())
+    if data.strategy.slice_csv is not None and not data.strategy.slice_csv.is_absolute():
+        data.strategy.slice_csv = (base / data.strategy.slice_csv).resolve()
     return cfg
 
 

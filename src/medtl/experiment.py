@@ -24,8 +24,10 @@ from medtl import artifact
 from medtl.config import ExperimentConfig, dump_config
 from medtl.data.sources import LoadedImages, load_images, load_table
 from medtl.data.splits import Fold, assign_groups, make_folds, write_manifest
-from medtl.data.transforms import ImageArrayDataset, Normalizer, build_augment
+from medtl.data.strategy import training_dataset
+from medtl.data.transforms import ImageArrayDataset, Normalizer
 from medtl.errors import MedtlError, TrainingError
+from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
@@ -105,10 +107,10 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
         seed = cfg.train.seed + fold.index
         L.seed_everything(seed, workers=True, verbose=False)
         model, spec = create_model(cfg.model.backbone, cfg.model.weights, len(data.class_names),
-                                   cfg.model.head, cfg.model.drop_rate)
+                                   cfg.model.head, cfg.model.drop_rate, cfg.model.drop_path_rate)
         apply_strategy(model, cfg.transfer)
         if _uses_feature_bank(cfg):
-            bank = bank or _feature_bank(model, spec, cfg, data)
+            bank = bank or _feature_bank(model, spec, cfg, data, progress)
             result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
         else:
             result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
@@ -124,22 +126,24 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
 
 def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
     """Frozen backbone and no augmentation: the backbone's output never changes, compute it once."""
-    return cfg.transfer.strategy == "feature_extraction" and not cfg.data.augment.active
+    return (cfg.transfer.strategy == "feature_extraction" and not cfg.data.augment.active
+            and not cfg.data.strategy.expand)
 
 
 def _normalizer(spec: WeightsSpec) -> Normalizer:
     return Normalizer(spec.mean, spec.std)
 
 
-def _feature_bank(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig,
-                  data: PreparedData) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _feature_bank(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData,
+                  progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     log.info("feature extraction: computing frozen backbone features once for %d images", len(data.labels))
     idx = np.arange(len(data.labels))
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device)
+    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device, progress=progress)
     flipped = None
     if cfg.evaluate.tta == "hflip":
-        flipped = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, flip=True, device=device)
+        flipped = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, flip=True, device=device,
+                        progress=progress)
     return feats, flipped
 
 
@@ -165,7 +169,7 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
     images = data.loaded.images
     module = ClassifierModule(model, cfg.train, data.positive_index, _class_weights(cfg, data, fold),
                               prepare=normalizer)
-    train = ImageArrayDataset(images, data.labels, fold.train, build_augment(cfg.data.augment))
+    train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
     val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
     try:
         result = fit(module, train, val, cfg.train, seed, progress)
@@ -173,7 +177,7 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
         raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     probs = predict_probs(result.model, normalizer, images, fold.test, cfg.train.batch_size * 2,
-                          cfg.evaluate.tta, device)
+                          cfg.evaluate.tta, device, progress)
     return result, probs
 
 
@@ -199,6 +203,11 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
     metrics = summarize(data.labels[idx], probs, groups, data.class_names, data.positive_index,
                         cfg.evaluate.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
     metrics["per_fold"] = per_fold_summary([o.metrics for o in outcomes])
+    if cfg.evaluate.patient_level is not None:
+        level = cfg.evaluate.patient_level
+        metrics["patient_level"] = patient_level_metrics(
+            data.labels[idx], probs, groups, data.class_names, data.positive_index, level.method, level.k,
+            cfg.evaluate.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
     metrics["protocol"] = _protocol(cfg, data)
     metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
                        "n_images": len(data.labels), "n_bad": len(data.loaded.bad),
@@ -227,7 +236,7 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     _write_predictions(out_dir / "predictions.csv", data, outcomes, cfg.evaluate.threshold)
     _write_history(out_dir / "history.csv", outcomes)
-    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize)
+    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
     lineage = [*spec.lineage, {"stage": cfg.name, "weights": spec.name, "weights_sha256": spec.sha256,
                                "data": str(cfg.data.location), "strategy": cfg.transfer.strategy,
                                "splits_sha256": _sha256(out_dir / "splits.csv")}]

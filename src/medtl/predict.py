@@ -46,7 +46,7 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
     rows, arrays, ok = [], [], []
     for path in expand_paths(paths):
         try:
-            arrays.append(to_array(open_image(path), pre.image_size, pre.color, pre.resize))
+            arrays.append(to_array(open_image(path), pre.image_size, pre.color, pre.resize, pre.crop))
             ok.append(len(rows))
             rows.append({"path": str(path), "error": ""})
         except DataError as exc:
@@ -118,7 +118,8 @@ def _read_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, n
 def _predict_dataset(run_dir: Path, meta: artifact.ModelMeta, data: DataConfig):
     pre = meta.preprocess
     data = data.model_copy(update={"classes": data.classes or list(meta.class_names),
-                                   "image_size": pre.image_size, "color": pre.color, "resize": pre.resize})
+                                   "image_size": pre.image_size, "color": pre.color, "resize": pre.resize,
+                                   "crop": pre.crop})
     table = load_table(data)
     if table.class_names != meta.class_names:
         raise DataError(f"{data.location}: classes {table.class_names} differ from the model's {meta.class_names}")

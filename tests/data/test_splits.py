@@ -299,6 +299,7 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
         "class_name": table.class_names[samples[first].label],
         "patient": samples[first].patient,
         "group": groups[first],
+        "meta": {},
     }
     assert {r["role"] for r in rows} == set(ROLES)
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")

@@ -15,9 +15,9 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class Sample:
         label: Index into :attr:`SampleTable.class_names`.
         patient: Patient id, ``None`` when the source has none.
         split: ``train``/``val``/``test`` when the source defines it, else ``None``.
+        meta: Extra facts about the image (DICOM: file, study, series, view, slice, ...); empty else.
     """
 
     id: str
@@ -56,6 +57,7 @@ class Sample:
     label: int
     patient: str | None
     split: str | None
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class SampleTable:
         source: ``folder``, ``csv`` or ``medmnist``.
         location: The folder, CSV or ``.npz`` file read.
         has_patients: Whether any sample carries a patient id.
+        bad: ``(file, reason)`` for files the source found but could not list (DICOM headers).
     """
 
     samples: list[Sample]
@@ -78,6 +81,7 @@ class SampleTable:
     source: str
     location: str
     has_patients: bool
+    bad: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def labels(self) -> np.ndarray:
@@ -127,7 +131,16 @@ def load_table(cfg: DataConfig) -> SampleTable:
     loaders = {"folder": _folder_samples, "csv": _csv_samples, "medmnist": _medmnist_samples}
     if cfg.classes is not None:
         _check_class_list(cfg.classes)
-    samples, class_names = loaders[cfg.source](cfg)
+    bad: list[tuple[str, str]] = []
+    if cfg.source == "dicom":
+        from medtl.data.dicom import dicom_samples  # pydicom is imported only for DICOM sources
+
+        samples, class_names, bad = dicom_samples(cfg)
+    else:
+        samples, class_names = loaders[cfg.source](cfg)
+    from medtl.data.strategy import apply_strategy
+
+    samples, class_names = apply_strategy(samples, class_names, cfg.strategy)
     _check_unique_ids(samples, cfg.location)
     _check_class_counts(samples, class_names, cfg.location)
     samples = _limit_per_class(samples, len(class_names), cfg.max_per_class, cfg.split.seed)
@@ -138,6 +151,7 @@ def load_table(cfg: DataConfig) -> SampleTable:
         source=cfg.source,
         location=str(cfg.location),
         has_patients=any(s.patient is not None for s in samples),
+        bad=bad,
     )
     logger.info("%s %s: %d samples, classes %s", cfg.source, cfg.location, len(samples), table.class_counts())
     return table
@@ -523,6 +537,10 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
     Raises:
         DataError: More than ``data.max_bad_fraction`` of the samples (or all of them) failed.
     """
+    if table.source == "dicom":
+        from medtl.data.dicom import decode_samples
+
+        return _assemble(table, decode_samples(table, cfg, progress), cfg)
     decode = _array_decoder(table) if table.source == "medmnist" else _decode_file
     work = partial(_prepare, decode=decode, cfg=cfg)
     results = _map_with_progress(work, table.samples, progress)
@@ -554,7 +572,7 @@ def _prepare(sample: Sample, decode: Decoder, cfg: DataConfig) -> _Result:
     """Array and hash of one sample, or the reason it failed."""
     try:
         img, digest = decode(sample)
-        return to_array(img, cfg.image_size, cfg.color, cfg.resize), digest
+        return to_array(img, cfg.image_size, cfg.color, cfg.resize, cfg.crop), digest
     except DataError as exc:
         return str(exc)
     except (OSError, ValueError, IndexError) as exc:
@@ -582,7 +600,7 @@ def _assemble(table: SampleTable, results: list[_Result], cfg: DataConfig) -> Lo
     kept: list[Sample] = []
     arrays: list[np.ndarray] = []
     hashes: list[str] = []
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[str, str]] = list(table.bad)
     for sample, result in zip(table.samples, results, strict=True):
         if isinstance(result, str):
             logger.warning("skipping %s: %s", sample.id, result)
@@ -591,7 +609,7 @@ def _assemble(table: SampleTable, results: list[_Result], cfg: DataConfig) -> Lo
         kept.append(sample)
         arrays.append(result[0])
         hashes.append(result[1])
-    _check_bad(bad, len(table.samples), cfg.max_bad_fraction, table.location)
+    _check_bad(bad, len(table.samples) + len(table.bad), cfg.max_bad_fraction, table.location)
     channels = 1 if cfg.color == "grayscale" else 3
     empty = np.zeros((0, cfg.image_size, cfg.image_size, channels), dtype=np.uint8)
     images = np.stack(arrays) if arrays else empty

@@ -16,6 +16,7 @@ Group ids are deterministic strings:
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,7 +33,10 @@ from medtl.errors import DataError
 logger = logging.getLogger(__name__)
 
 ROLES: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_COLUMNS: tuple[str, ...] = ("fold", "role", "id", "path", "label", "class_name", "patient", "group")
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "fold", "role", "id", "path", "label", "class_name", "patient", "group", "meta"
+)
+"""Columns of ``splits.csv``; ``meta`` is ``Sample.meta`` as JSON (DICOM study/series/view/slice), else empty."""
 _MAX_LISTED = 5
 
 
@@ -492,11 +496,17 @@ def write_manifest(path: Path, table: SampleTable, groups: list[str], folds: lis
                 writer.writerows(
                     _manifest_row(fold.index, role, table, groups, int(i)) for i in fold.role(role)
                 )
+            # Samples a fold leaves out (cross-split duplicates of a predefined split, train_fraction)
+            # are listed too, so nothing disappears from the record silently.
+            used = np.concatenate([fold.train, fold.val, fold.test])
+            for i in np.setdiff1d(np.arange(len(table.samples)), used):
+                writer.writerow(_manifest_row(fold.index, "excluded", table, groups, int(i)))
 
 
 def _manifest_row(fold: int, role: str, table: SampleTable, groups: list[str], i: int) -> list[Any]:
     s = table.samples[i]
-    return [fold, role, s.id, s.path, s.label, table.class_names[s.label], s.patient or "", groups[i]]
+    meta = json.dumps(dict(s.meta), sort_keys=True) if s.meta else ""
+    return [fold, role, s.id, s.path, s.label, table.class_names[s.label], s.patient or "", groups[i], meta]
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
@@ -516,7 +526,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"manifest {path} not found; it is written next to each run's results")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+        if tuple(reader.fieldnames or ()) not in (MANIFEST_COLUMNS, MANIFEST_COLUMNS[:-1]):  # without meta: older runs
             raise DataError(
                 f"{path}: header {reader.fieldnames} is not {list(MANIFEST_COLUMNS)}; not a medtl manifest"
             )
@@ -524,4 +534,5 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         row["fold"], row["label"] = int(row["fold"]), int(row["label"])
         row["patient"] = row["patient"] or None
+        row["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
     return rows

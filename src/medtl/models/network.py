@@ -25,6 +25,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     color: str
     resize: str
+    crop: str = "none"
 
 
 def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequential:
@@ -57,6 +58,7 @@ class TransferNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.freeze_bn_stats = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -68,6 +70,10 @@ class TransferNet(nn.Module):
         if mode:
             for module in frozen_modules(self.backbone):
                 module.eval()
+            if self.freeze_bn_stats:  # transfer.bn: frozen — keep ImageNet statistics, train affine
+                for module in self.backbone.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
 
 
@@ -82,7 +88,7 @@ def frozen_modules(root: nn.Module) -> list[nn.Module]:
 
 
 def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig | None = None,
-                 drop_rate: float = 0.0) -> tuple[TransferNet, WeightsSpec]:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> tuple[TransferNet, WeightsSpec]:
     """Build ``backbone`` with ``weights`` loaded and a fresh head for ``num_classes``.
 
     Args:
@@ -91,13 +97,14 @@ def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig
         num_classes: classes of the new head.
         head: head layout; linear when omitted.
         drop_rate: dropout before the backbone's pooled output (timm ``drop_rate``).
+        drop_path_rate: stochastic depth of the backbone's residual blocks (timm ``drop_path_rate``).
 
     Returns:
         The model and the weights spec it was built from.
     """
     spec = resolve_weights(weights, backbone)
     try:
-        net = timm.create_model(backbone, pretrained=False, drop_rate=drop_rate,
+        net = timm.create_model(backbone, pretrained=False, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                                 num_classes=spec.num_classes if spec.source == "packaged" else 1000)
     except RuntimeError as exc:
         raise WeightsError(f"model.backbone '{backbone}': {exc}") from None
@@ -109,7 +116,8 @@ def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig
     return model, spec
 
 
-def preprocessing_for(spec: WeightsSpec, image_size: int, color: str, resize: str) -> Preprocessing:
-    """Preprocessing derived from the weights (mean/std) and the data config (size, colour)."""
+def preprocessing_for(spec: WeightsSpec, image_size: int, color: str, resize: str,
+                      crop: str = "none") -> Preprocessing:
+    """Preprocessing derived from the weights (mean/std) and the data config (size, colour, crop)."""
     return Preprocessing(image_size=image_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                         color=color, resize=resize)
+                         color=color, resize=resize, crop=crop)

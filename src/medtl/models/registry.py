@@ -153,6 +153,8 @@ def _file_spec(path: Path, architecture: str) -> WeightsSpec:
     if not path.is_file():
         raise WeightsError(f"model.weights 'file:{path}': no such file")
     meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():  # a medtl run's model/fold*.safetensors sit next to model.json
+        meta_path = path.parent / "model.json"
     base = _default_spec(architecture, f"file:{path}", "file", str(path))
     if not meta_path.is_file():
         return replace(base, sha256=file_sha256(path))

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from rich.progress import track
 from torch import nn
 
 from medtl.data.transforms import Normalizer
 
 
-def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int):
-    for start in range(0, len(indices), batch_size):
+def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: str | None = None):
+    """uint8 NCHW batches; a rich progress bar when ``label`` is given."""
+    starts = range(0, len(indices), batch_size)
+    if label is not None and len(starts) > 1:
+        starts = track(starts, description=label, transient=True)
+    for start in starts:
         chunk = images[indices[start:start + batch_size]]
         yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
 
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
-                  batch_size: int = 64, tta: str = "none", device: str = "cpu") -> np.ndarray:
+                  batch_size: int = 64, tta: str = "none", device: str = "cpu",
+                  progress: bool = False) -> np.ndarray:
     """Softmax probabilities ``(len(indices), K)``; ``tta='hflip'`` averages with the mirrored image."""
     model = model.to(device).eval()
     out = []
-    for batch in _batches(images, np.asarray(indices), batch_size):
+    for batch in _batches(images, np.asarray(indices), batch_size, "predicting" if progress else None):
         x = normalizer(batch.to(device))
         probs = model(x).float().softmax(1)
         if tta == "hflip":
@@ -32,11 +38,12 @@ def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, 
 
 @torch.inference_mode()
 def embed(backbone: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
-          batch_size: int = 64, flip: bool = False, device: str = "cpu") -> torch.Tensor:
+          batch_size: int = 64, flip: bool = False, device: str = "cpu", progress: bool = False) -> torch.Tensor:
     """Pooled backbone features ``(len(indices), D)`` of the (optionally mirrored) images."""
     backbone = backbone.to(device).eval()
     out = []
-    for batch in _batches(images, np.asarray(indices), batch_size):
+    label = ("embedding (mirrored)" if flip else "embedding") if progress else None
+    for batch in _batches(images, np.asarray(indices), batch_size, label):
         x = normalizer(batch.to(device))
         if flip:
             x = torch.flip(x, dims=[3])

@@ -61,7 +61,8 @@ def set_trainable(model: TransferNet, unfreeze_from: str | None) -> None:
 
 
 def apply_strategy(model: TransferNet, cfg: TransferConfig) -> None:
-    """Set ``requires_grad`` for the configured strategy."""
+    """Set ``requires_grad`` (and BatchNorm statistics policy) for the configured strategy."""
+    model.freeze_bn_stats = cfg.bn == "frozen"
     if cfg.strategy == "feature_extraction":
         if cfg.unfreeze_from not in (None, "head"):
             raise ConfigError("transfer.unfreeze_from is only for strategy fine_tune; "
