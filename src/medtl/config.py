@@ -45,6 +45,7 @@ class SplitConfig(StrictModel):
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    near_duplicates: int | None = Field(2, ge=0, le=32)
 
 
 class AugmentConfig(StrictModel):
@@ -197,6 +198,8 @@ class TransferConfig(StrictModel):
     strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
     unfreeze_from: str | None = None
     bn: Literal["train", "frozen"] = "train"
+    head_init: Literal["zero", "linear_probe"] = "zero"
+    probe_c: float = Field(0.1, gt=0.0)
 
 
 class EarlyStoppingConfig(StrictModel):

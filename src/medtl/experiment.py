@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 from medtl import artifact
 from medtl.config import ExperimentConfig, dump_config
 from medtl.data.sources import LoadedImages, load_images, load_table
-from medtl.data.splits import Fold, assign_groups, make_folds, write_manifest
+from medtl.data.splits import Fold, assign_groups, make_folds, near_duplicate_links, write_manifest
 from medtl.data.strategy import training_dataset
 from medtl.data.transforms import ImageArrayDataset, Normalizer
 from medtl.errors import MedtlError, TrainingError
@@ -34,6 +34,7 @@ from medtl.models.registry import WeightsSpec
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer.freeze import apply_strategy, count
+from medtl.transfer.probe import init_head
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     loaded = load_images(table, cfg.data, progress=progress)
     samples = loaded.table.samples
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    groups = assign_groups(samples, loaded.hashes)
+    distance = cfg.data.split.near_duplicates
+    links = near_duplicate_links(loaded.images, distance) if distance is not None else []
+    groups = assign_groups(samples, loaded.hashes, links)
     folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction)
     return PreparedData(loaded, labels, groups, folds)
 
@@ -111,6 +114,9 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
         apply_strategy(model, cfg.transfer)
         if _uses_feature_bank(cfg):
             bank = bank or _feature_bank(model, spec, cfg, data, progress)
+        if cfg.transfer.head_init == "linear_probe":
+            _probe_head(model, spec, cfg, data, fold, bank, seed)
+        if _uses_feature_bank(cfg):
             result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
         else:
             result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
@@ -128,6 +134,16 @@ def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
     """Frozen backbone and no augmentation: the backbone's output never changes, compute it once."""
     return (cfg.transfer.strategy == "feature_extraction" and not cfg.data.augment.active
             and not cfg.data.strategy.expand)
+
+
+def _probe_head(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
+                bank: tuple[torch.Tensor, torch.Tensor | None] | None, seed: int) -> None:
+    """LP-FT: start the head from a logistic regression on the frozen features of the training part."""
+    if bank is not None:
+        feats = bank[0][fold.train]
+    else:
+        feats = embed(model.backbone, _normalizer(spec), data.loaded.images, fold.train)
+    init_head(model.head, feats, data.labels[fold.train], len(data.class_names), cfg.transfer.probe_c, seed)
 
 
 def _normalizer(spec: WeightsSpec) -> Normalizer:

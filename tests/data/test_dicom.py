@@ -69,7 +69,7 @@ def test_end_to_end_training_on_pydicom_files(dicom_dir: Path, tmp_path: Path) -
         "name": "dicom-e2e",
         "data": {"source": "dicom", "root": str(dicom_dir), "csv": str(dicom_dir.parent / "labels.csv"),
                  "image_size": 32, "dicom": {"label_key": "path", "window": "file"},
-                 "split": {"method": "kfold", "folds": 2, "val_fraction": 0.0}},
+                 "split": {"method": "kfold", "folds": 2, "val_fraction": 0.0, "near_duplicates": None}},
         "train": {"epochs": 1, "batch_size": 8, "progress": False, "warmup_epochs": 0},
         "evaluate": {"bootstrap": 20, "tta": "none", "patient_level": {"method": "max"}},
     })

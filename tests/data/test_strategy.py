@@ -25,7 +25,7 @@ def tomo_cfg(folder: Path, **strategy: object) -> DataConfig:
     return DataConfig.model_validate({
         "source": "dicom", "root": folder, "csv": folder.parent / "labels.csv", "image_size": 32,
         "positive_class": "tumor" if "merge" in strategy else None, "strategy": strategy,
-        "split": {"method": "kfold", "folds": 2, "val_fraction": 0.0},
+        "split": {"method": "kfold", "folds": 2, "val_fraction": 0.0, "near_duplicates": None},
     })
 
 
@@ -92,7 +92,7 @@ def test_unknown_class_in_strategy_suggests(tomo_dir: Path) -> None:
 
 def test_splits_keep_every_patient_in_one_role(tomo_dir: Path, tmp_path: Path) -> None:
     cfg = parse_config({"data": tomo_cfg(tomo_dir, **MERGE).model_dump(mode="json") | {
-        "split": {"method": "kfold", "folds": 2, "val_fraction": 0.3, "seed": 1}}})
+        "split": {"method": "kfold", "folds": 2, "val_fraction": 0.3, "seed": 1, "near_duplicates": None}}})
     data = prepare_data(cfg, progress=False)
     from medtl.data.splits import write_manifest
 
@@ -139,7 +139,7 @@ def test_select_slices_without_patients_needs_volumes() -> None:
 def test_tomosynthesis_run_with_expansion_and_patient_level(tomo_dir: Path, tmp_path: Path) -> None:
     data = tomo_cfg(tomo_dir, slices="one_per_volume", expand={"tumor": 2}, **MERGE).model_dump(mode="json")
     cfg = parse_config({
-        "name": "tomo", "data": data | {"split": {"method": "holdout", "test_fraction": 0.4, "val_fraction": 0.0}},
+        "name": "tomo", "data": data | {"split": {"method": "holdout", "test_fraction": 0.4, "val_fraction": 0.0, "near_duplicates": None}},
         "train": {"epochs": 1, "batch_size": 16, "progress": False, "warmup_epochs": 0},
         "evaluate": {"bootstrap": 20, "tta": "none", "patient_level": {"method": "topk_mean", "k": 2}},
     })

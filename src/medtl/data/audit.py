@@ -209,7 +209,12 @@ def _assignments(table: SampleTable, cfg: DataConfig, facts: list[_Facts | None]
     hashes = [facts[i].exact for i in ok]  # type: ignore[union-attr]
     sub = [samples[i] for i in ok]
     labels = np.array([s.label for s in sub])
-    folds = make_folds(labels, assign_groups(sub, hashes), [None] * len(sub), cfg.split, cfg.train_fraction)
+    links: list[tuple[int, int]] = []
+    if cfg.split.near_duplicates is not None:  # group exactly as a run would
+        bits = np.packbits(np.stack([facts[i].phash for i in ok]).astype(bool), axis=1)  # type: ignore[union-attr]
+        links = close_pairs(bits, cfg.split.near_duplicates)
+    groups = assign_groups(sub, hashes, links)
+    folds = make_folds(labels, groups, [None] * len(sub), cfg.split, cfg.train_fraction)
     roles = []
     for fold in folds:
         fold_roles = ["unassigned"] * len(samples)
@@ -280,7 +285,7 @@ def near_duplicate_groups(facts: list[_Facts | None], exact_groups: list[list[in
     if len(reps) < 2:
         return [], 0
     bits = np.packbits(np.stack([facts[i].phash for i in reps]).astype(bool), axis=1)  # type: ignore[union-attr]
-    pairs = _close_pairs(bits, distance)
+    pairs = close_pairs(bits, distance)
     parent = list(range(len(reps)))
 
     def find(a: int) -> int:
@@ -299,7 +304,7 @@ def near_duplicate_groups(facts: list[_Facts | None], exact_groups: list[list[in
     return [sorted(g) for g in comps.values()], len(pairs)
 
 
-def _close_pairs(bits: np.ndarray, distance: int, chunk: int = 512) -> list[tuple[int, int]]:
+def close_pairs(bits: np.ndarray, distance: int, chunk: int = 512) -> list[tuple[int, int]]:
     """Index pairs ``a < b`` whose packed hashes differ in at most ``distance`` bits."""
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(bits), chunk):

@@ -84,12 +84,14 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def assign_groups(samples: list[Sample], hashes: list[str]) -> list[str]:
+def assign_groups(samples: list[Sample], hashes: list[str],
+                  links: list[tuple[int, int]] | None = None) -> list[str]:
     """Group samples that share a patient or identical pixels (connected components).
 
     Args:
         samples: The samples (e.g. ``LoadedImages.table.samples``).
         hashes: Pixel hash per sample, same order.
+        links: Extra index pairs that must share a group (e.g. near-duplicate images).
 
     Returns:
         One group id per sample (see the module docstring for the format).
@@ -106,7 +108,7 @@ def assign_groups(samples: list[Sample], hashes: list[str]) -> list[str]:
             "no patient ids: grouping by duplicate image content only; "
             "images of one patient may straddle splits"
         )
-    components = _components(samples, hashes)
+    components = _components(samples, hashes, links or [])
     _warn_suspicious(samples, hashes, components)
     groups = [""] * len(samples)
     for members in components:
@@ -117,9 +119,11 @@ def assign_groups(samples: list[Sample], hashes: list[str]) -> list[str]:
     return groups
 
 
-def _components(samples: list[Sample], hashes: list[str]) -> list[list[int]]:
-    """Connected components of 'same patient' or 'same hash', each sorted, in order of first member."""
+def _components(samples: list[Sample], hashes: list[str], links: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of 'same patient', 'same hash' or linked, each sorted, in order of first member."""
     sets = _UnionFind(len(samples))
+    for a, b in links:
+        sets.union(a, b)
     first: dict[tuple[str, str], int] = {}
     for i, (sample, digest) in enumerate(zip(samples, hashes, strict=True)):
         keys = [("hash", digest)] + ([("patient", sample.patient)] if sample.patient is not None else [])
@@ -536,3 +540,28 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         row["patient"] = row["patient"] or None
         row["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
     return rows
+
+
+def near_duplicate_links(images: np.ndarray, distance: int) -> list[tuple[int, int]]:
+    """Pairs of images whose 64-bit perceptual hashes (``imagehash.phash``) differ in ≤ ``distance`` bits.
+
+    Resized or re-encoded copies of one picture are not exact duplicates but leak all the same when
+    they straddle splits (brain MRI has several); linking them keeps them in one group.
+    """
+    import imagehash
+    from PIL import Image
+
+    from medtl.data.audit import close_pairs
+
+    # Near-blank images (empty slices at the ends of a CT or tomosynthesis volume) all share one
+    # hash; linking them would chain unrelated patients together, so they are left out.
+    keep = [i for i, img in enumerate(images) if float(img.std()) >= 2.0]
+    if len(keep) < 2:
+        return []
+    hashes = [imagehash.phash(Image.fromarray(images[i][..., 0] if images[i].shape[-1] == 1 else images[i]))
+              .hash.reshape(-1) for i in keep]
+    pairs = [(keep[a], keep[b]) for a, b in close_pairs(np.packbits(np.stack(hashes).astype(bool), axis=1),
+                                                        distance)]
+    logger.info("%d near-duplicate image pairs (perceptual hash distance <= %d) kept in one group each",
+                len(pairs), distance)
+    return pairs
