@@ -142,3 +142,14 @@ def test_nan_loss_stops_with_clear_error(brain_mri: Path, tmp_path: Path) -> Non
                        train={"epochs": 3, "lr": 1e30, "optimizer": "sgd", "batch_size": 8})
     with pytest.raises(TrainingError, match="lr"):
         run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+
+
+def test_evaluate_on_other_data_with_saved_models(fe_run: tuple[Path, dict], brain_mri: Path,
+                                                  tmp_path: Path) -> None:
+    from medtl.config import DataConfig
+
+    out, _ = fe_run
+    data = DataConfig(source="folder", root=brain_mri, max_per_class=15, split={"seed": 7})
+    metrics = evaluate_run(out, data, tmp_path / "eval.json")
+    assert metrics["n"] == 30 and (tmp_path / "eval.json").is_file()
+    assert metrics["auc"]["value"] > 0.6

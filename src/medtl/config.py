@@ -198,7 +198,7 @@ class TransferConfig(StrictModel):
     strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
     unfreeze_from: str | None = None
     bn: Literal["train", "frozen"] = "train"
-    head_init: Literal["zero", "linear_probe"] = "zero"
+    head_init: Literal["zero", "linear_probe"] = "linear_probe"
     probe_c: float = Field(0.1, gt=0.0)
 
 
@@ -208,7 +208,8 @@ class EarlyStoppingConfig(StrictModel):
     monitor: Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
-    tie_tolerance: float = Field(0.01, ge=0.0, le=0.5)
+    tie_tolerance: float | None = Field(None, ge=0.0, le=0.5)
+    min_epochs: int | None = Field(None, ge=0)
 
 
 class TrainConfig(StrictModel):

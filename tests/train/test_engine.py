@@ -133,7 +133,7 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     linear = nn.Linear(2, 2)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
-    cfg = config(epochs=30, lr=0.005, early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=1))
+    cfg = config(epochs=30, lr=0.005, early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=1, min_epochs=0))
     module = Recorder(linear, cfg, positive_index=1)
     result = fit(module, blobs(200, seed=1), TensorDataset(x, y), cfg, seed=0, progress=False)
 
@@ -189,3 +189,13 @@ def test_nan_in_the_second_epoch_keeps_the_first_epochs_weights() -> None:
         assert torch.isfinite(value).all()
         assert torch.equal(value, model.state_dict()[key].cpu())  # weights after epoch 0
         assert not torch.equal(value, before[key])  # epoch 0 did train
+
+
+def test_early_stopping_waits_for_min_epochs_by_default() -> None:
+    from medtl.train.engine import min_epochs
+
+    cfg = config(epochs=15, early_stopping=EarlyStoppingConfig(monitor="val_auc", patience=1))
+    assert min_epochs(cfg) == 8
+    cfg = config(epochs=15, early_stopping=EarlyStoppingConfig(monitor="val_auc", patience=1, min_epochs=3))
+    assert min_epochs(cfg) == 3
+    assert min_epochs(config(epochs=7)) == 7

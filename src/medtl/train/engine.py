@@ -85,6 +85,8 @@ class ClassifierModule(L.LightningModule):
         self.log("val_loss", float(nn.functional.cross_entropy(logits, y)))
         self.log("val_accuracy", scores["accuracy"])
         self.log("val_auc", _nan_to(scores["auc"], 0.0))
+        self.log("val_auc_se", auc_standard_error(_nan_to(scores["auc"], 0.5), y.numpy(), self.positive_index))
+        self.log("val_accuracy_se", math.sqrt(max(scores["accuracy"] * (1 - scores["accuracy"]), 1e-12) / len(y)))
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, n = (sum(v) for v in zip(*self._train, strict=True)) if self._train else (0, 0, 0)
@@ -106,6 +108,25 @@ class ClassifierModule(L.LightningModule):
                                  cosine=self.cfg.scheduler == "cosine")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def auc_standard_error(auc: float, y: np.ndarray, positive_index: int | None) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC from the class sizes.
+
+    For more than two classes the smallest class is taken as the positive side (conservative).
+    """
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    if len(counts) < 2:
+        return 0.0
+    if positive_index is not None and len(np.bincount(y)) > positive_index and len(counts) == 2:
+        n1 = int((y == positive_index).sum())
+        n2 = len(y) - n1
+    else:
+        n1, n2 = int(counts.min()), int(len(y) - counts.min())
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n2 - 1) * (q2 - auc * auc)) / (n1 * n2)
+    return math.sqrt(max(var, 0.0))
 
 
 def _nan_to(value: float, default: float) -> float:
@@ -149,16 +170,20 @@ class BestWeights(L.Callback):
     For ``val_auc`` / ``val_accuracy`` on small validation sets the metric saturates and jumps by
     one case at a time, so an early, poorly calibrated epoch can win by a hair. Epochs whose score
     is within ``tie_tolerance`` of the best are treated as ties, and a tie with a lower validation
-    loss takes the place of the best weights (see docs/results.md for the measurement).
+    loss takes the place of the best weights. ``tie_tolerance=None`` uses one standard error of the
+    best score (Hanley–McNeil for AUC, binomial for accuracy): differences the validation set cannot
+    resolve are decided by the loss (see docs/results.md for the measurement).
     """
 
     def __init__(self, monitor: str | None, patience: int | None, min_delta: float = 0.0,
-                 tie_tolerance: float = 0.0) -> None:
+                 tie_tolerance: float | None = 0.0, min_epochs: int = 0) -> None:
         self.monitor = monitor
+        self.min_epochs = min_epochs
         self.mode = _MODES.get(monitor or "", "max")
         self.patience = patience
         self.min_delta = min_delta
         self.tie_tolerance = tie_tolerance if monitor != "val_loss" else 0.0
+        self.best_se = 0.0
         self.best_score: float | None = None
         self.best_loss = math.inf
         self.best_epoch = -1
@@ -175,12 +200,14 @@ class BestWeights(L.Callback):
             self.best_state, self.best_epoch = state, trainer.current_epoch
             return
         score, loss = float(score), float(trainer.callback_metrics.get("val_loss", math.inf))
+        se = float(trainer.callback_metrics.get(f"{self.monitor}_se", 0.0))
         if self._improved(score) or self._better_tie(score, loss):
-            self.best_score = score if self._improved(score) else self.best_score
+            if self._improved(score):
+                self.best_score, self.best_se = score, se
             self.best_loss, self.best_epoch, self.best_state, self.wait = loss, trainer.current_epoch, state, 0
             return
         self.wait += 1
-        if self.patience is not None and self.wait >= self.patience:
+        if self.patience is not None and self.wait >= self.patience and trainer.current_epoch + 1 >= self.min_epochs:
             self.stopped = trainer.should_stop = True
             log.info("early stopping at epoch %d: %s has not improved for %d epochs (best %.4f at %d)",
                      trainer.current_epoch, self.monitor, self.wait, self.best_score, self.best_epoch)
@@ -193,9 +220,10 @@ class BestWeights(L.Callback):
         return score < self.best_score - self.min_delta
 
     def _better_tie(self, score: float, loss: float) -> bool:
-        if self.best_score is None or not self.tie_tolerance:
+        tolerance = self.best_se if self.tie_tolerance is None else self.tie_tolerance
+        if self.best_score is None or not tolerance:
             return False
-        return abs(score - self.best_score) <= self.tie_tolerance and loss < self.best_loss
+        return abs(score - self.best_score) <= tolerance and loss < self.best_loss
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -229,6 +257,18 @@ def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int) -> Data
                       pin_memory=torch.cuda.is_available())
 
 
+def min_epochs(cfg: TrainConfig) -> int:
+    """Epochs before early stopping may stop: ``early_stopping.min_epochs``, by default half of ``epochs``.
+
+    Early on, a small validation set's AUC is noisy and the learning rate is still high; stopping
+    there keeps an under-trained, poorly calibrated model (measured in docs/results.md).
+    """
+    es = cfg.early_stopping
+    if es is None:
+        return cfg.epochs
+    return es.min_epochs if es.min_epochs is not None else math.ceil(cfg.epochs / 2)
+
+
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         seed: int, progress: bool = True) -> FitResult:
     """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
@@ -239,7 +279,7 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
     keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0,
-                         es.tie_tolerance if es else 0.0)
+                         es.tie_tolerance if es else 0.0, min_epochs(cfg))  # None: one standard error
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
