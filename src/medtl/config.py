@@ -222,6 +222,7 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
     scheduler: Literal["cosine", "constant"] = "cosine"
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"

@@ -134,20 +134,44 @@ def _nan_to(value: float, default: float) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over trainable parameters; no weight decay on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """The configured optimizer over trainable parameters.
+
+    No weight decay on biases and norms. With ``train.layer_decay`` the backbone's cut points get
+    learning rates ``lr · decay^k`` (k = cut points above it), so early, generic layers move least.
+    """
+    groups = []
+    for mult, params in lr_multipliers(model, cfg.layer_decay):
+        trainable = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay,
+                    "lr": cfg.lr * mult},
+                   {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "lr": cfg.lr * mult}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
         raise TrainingError("no trainable parameters: check transfer.strategy / transfer.unfreeze_from")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
     factory = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return factory(groups, lr=cfg.lr)
+
+
+def lr_multipliers(model: nn.Module, decay: float | None) -> list[tuple[float, list[nn.Parameter]]]:
+    """(multiplier, parameters) per cut point of a TransferNet's backbone; one group otherwise."""
+    backbone = getattr(model, "backbone", None)
+    if decay is None or backbone is None:
+        return [(1.0, list(model.parameters()))]
+    from medtl.transfer.freeze import cut_points
+
+    points = cut_points(backbone)
+    seen: set[int] = set()
+    out = []
+    for depth, name in enumerate(points):
+        params = list(backbone.get_submodule(name).parameters())
+        seen.update(id(p) for p in params)
+        out.append((decay ** (len(points) - depth), params))
+    rest = [p for p in model.parameters() if id(p) not in seen]  # the head and anything outside cut points
+    return [*out, (1.0, rest)]
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True) -> Callable[[int], float]:
