@@ -199,3 +199,26 @@ def test_early_stopping_waits_for_min_epochs_by_default() -> None:
     cfg = config(epochs=15, early_stopping=EarlyStoppingConfig(monitor="val_auc", patience=1, min_epochs=3))
     assert min_epochs(cfg) == 3
     assert min_epochs(config(epochs=7)) == 7
+
+
+def test_fit_trains_in_train_mode_even_after_eval() -> None:
+    """A backbone left in eval mode (e.g. after a linear probe) must train with live BatchNorm."""
+    seen: list[bool] = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                seen.append(self.net[1].training)
+            return self.net(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    model = Spy().eval()
+    module = ClassifierModule(model, config(epochs=1), positive_index=1)
+    fit(module, TensorDataset(x, y), None, config(epochs=1), seed=0, progress=False)
+    assert seen and all(seen)

@@ -311,6 +311,9 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
         precision="16-mixed" if accelerator(cfg) == "gpu" else "32-true")
     train_loader = loader(train, cfg, shuffle=True, seed=seed)
     val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None
+    # Lightning keeps each module's train/eval mode as it finds it; a backbone used for a linear
+    # probe or a feature bank is in eval mode, so set the modes the transfer policy asks for.
+    module.model.train()
     try:
         trainer.fit(module, train_loader, val_loader)
     except TrainingError as exc:
