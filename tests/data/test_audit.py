@@ -109,7 +109,8 @@ def test_unknown_target(tmp_path: Path) -> None:
 def test_dicom_source_audit(tomo_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "tomo.yaml"
     config.write_text(f"data: {{source: dicom, root: {tomo_dir}, csv: {tomo_dir.parent / 'labels.csv'}, "
-                      "strategy: {slices: one_per_volume}, split: {folds: 2, val_fraction: 0.0, near_duplicates: null}}\n")
+                      "strategy: {slices: one_per_volume}, "
+                      "split: {folds: 2, val_fraction: 0.0, near_duplicates: null}}\n")
     report = audit(config, progress=False)
     d = report.to_dict()
     assert d["patients"]["n_patients"] == 12 and not report.leakage

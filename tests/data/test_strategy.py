@@ -139,7 +139,9 @@ def test_select_slices_without_patients_needs_volumes() -> None:
 def test_tomosynthesis_run_with_expansion_and_patient_level(tomo_dir: Path, tmp_path: Path) -> None:
     data = tomo_cfg(tomo_dir, slices="one_per_volume", expand={"tumor": 2}, **MERGE).model_dump(mode="json")
     cfg = parse_config({
-        "name": "tomo", "data": data | {"split": {"method": "holdout", "test_fraction": 0.4, "val_fraction": 0.0, "near_duplicates": None}},
+        "name": "tomo",
+        "data": data | {"split": {"method": "holdout", "test_fraction": 0.4, "val_fraction": 0.0,
+                                  "near_duplicates": None}},
         "train": {"epochs": 1, "batch_size": 16, "progress": False, "warmup_epochs": 0},
         "evaluate": {"bootstrap": 20, "tta": "none", "patient_level": {"method": "topk_mean", "k": 2}},
     })

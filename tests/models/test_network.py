@@ -3,8 +3,6 @@ frozen BatchNorm layers that stay in eval mode while the rest trains."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -16,13 +14,7 @@ from medtl.transfer.freeze import apply_strategy
 ARCH = "tf_efficientnet_lite0"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU two threads spin-wait and run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

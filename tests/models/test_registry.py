@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,7 @@ PACKAGED = [s.name for s in list_weights() if s.source == "packaged"]
 CAT, ESPRESSO = 285, 967
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU two threads spin-wait and run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def imagenet_batch(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

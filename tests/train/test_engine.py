@@ -3,8 +3,6 @@ best-weights restore, and the NaN guard."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -16,14 +14,7 @@ from medtl.config import EarlyStoppingConfig, TrainConfig
 from medtl.errors import TrainingError
 from medtl.train.engine import ClassifierModule, class_weights_for, fit, make_optimizer, warmup_cosine
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU two threads spin-wait and run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, seed: int, flip: bool = False) -> TensorDataset:

@@ -3,8 +3,6 @@ optimisation check that frozen parameters and frozen BatchNorm statistics never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -19,13 +17,7 @@ from medtl.transfer.freeze import apply_strategy, count, cut_points, set_trainab
 BEFORE_BLOCK5 = ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2.", "blocks.3.", "blocks.4.")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU two threads spin-wait and run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
