@@ -197,7 +197,9 @@ class TransferConfig(StrictModel):
 
     strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
     unfreeze_from: str | None = None
-    bn: Literal["train", "frozen"] = "train"
+    # Frozen BatchNorm statistics keep the features the linear probe was fitted on (measured:
+    # a probe-initialised head under train-mode statistics starts at a loss of 20-40, docs/results.md).
+    bn: Literal["train", "frozen"] = "frozen"
     head_init: Literal["zero", "linear_probe"] = "linear_probe"
     probe_c: float = Field(0.1, gt=0.0)
 
