@@ -88,16 +88,21 @@ def test_final_layer_is_zero_so_initial_probabilities_are_uniform(cfg: HeadConfi
 
 
 def test_everything_trains_when_nothing_is_frozen(lite0: TransferNet) -> None:
-    apply_strategy(lite0, TransferConfig(strategy="fine_tune"))
+    apply_strategy(lite0, TransferConfig(strategy="fine_tune", bn="train"))
     assert frozen_modules(lite0.backbone) == []
     lite0.train()
     assert all(m.training for m in lite0.modules())
+    apply_strategy(lite0, TransferConfig(strategy="fine_tune", bn="frozen"))
+    lite0.train()
+    batchnorms = [m for m in lite0.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert batchnorms and not any(m.training for m in batchnorms)
+    assert all(p.requires_grad for p in lite0.parameters())
     lite0.eval()
     assert not any(m.training for m in lite0.modules())
 
 
 def test_frozen_batchnorm_stays_in_eval_mode(lite0: TransferNet) -> None:
-    apply_strategy(lite0, TransferConfig(strategy="fine_tune", unfreeze_from="blocks.5"))
+    apply_strategy(lite0, TransferConfig(strategy="fine_tune", unfreeze_from="blocks.5", bn="train"))
     lite0.train()
     bb = lite0.backbone
     frozen_bn = [bb.bn1] + [m for m in bb.blocks[:5].modules() if isinstance(m, nn.BatchNorm2d)]

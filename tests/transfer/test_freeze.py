@@ -87,7 +87,7 @@ def test_typo_in_cut_point_suggests_the_right_one(lite0: TransferNet, typo: str)
 
 
 def test_sgd_steps_move_exactly_the_trainable_parameters(lite0: TransferNet) -> None:
-    apply_strategy(lite0, TransferConfig(strategy="fine_tune", unfreeze_from="blocks.5"))
+    apply_strategy(lite0, TransferConfig(strategy="fine_tune", unfreeze_from="blocks.5", bn="train"))
     params_before = {n: p.detach().clone() for n, p in lite0.named_parameters()}
     buffers_before = {n: b.clone() for n, b in lite0.named_buffers()}
     optimizer = make_optimizer(lite0, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3))
