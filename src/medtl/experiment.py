@@ -277,7 +277,7 @@ def _write_predictions(path: Path, data: PreparedData, outcomes: list[FoldOutcom
         for o in outcomes:
             for i, p in zip(o.fold.test, o.probs, strict=True):
                 writer.writerow([samples[i].id, samples[i].path, o.fold.index, int(data.labels[i]),
-                                 names[data.labels[i]], data.groups[i], *[f"{v:.6f}" for v in p],
+                                 names[data.labels[i]], data.groups[i], *[f"{v:.9g}" for v in p],
                                  names[_predict(p, data.positive_index, threshold)]])
 
 
