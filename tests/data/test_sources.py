@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,8 @@ from PIL import Image
 from medtl.config import DataConfig, data_root
 from medtl.data.sources import load_images, load_table
 from medtl.errors import DataError
+
+from .conftest import write_csv
 
 
 def _shared(*parts: str) -> Path:
@@ -29,14 +30,6 @@ def _write_image(path: Path, value: int = 0, size: tuple[int, int] = (12, 10)) -
     arr = np.full((size[1], size[0]), value, dtype=np.uint8)
     arr[0, 0] = 255 - value  # not uniform
     Image.fromarray(arr, mode="L").save(path, format="PNG")
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture
@@ -187,7 +180,7 @@ def test_csv_basic(image_dir: Path) -> None:
         ["imgs/b.png", "dog", "p1", "validation"],
         ["imgs/c.png", "cat", "", "TEST"],
     ]
-    csv_path = _write_csv(image_dir / "labels.csv", ["path", "label", "patient_id", "split"], rows)
+    csv_path = write_csv(image_dir / "labels.csv", ["path", "label", "patient_id", "split"], rows)
     table = load_table(_csv_cfg(csv_path))
     assert table.class_names == ["cat", "dog"]
     assert [s.split for s in table.samples] == ["train", "val", "test"]
@@ -200,7 +193,7 @@ def test_csv_basic(image_dir: Path) -> None:
 def test_csv_integer_labels_sort_numerically(image_dir: Path) -> None:
     rows = [["imgs/a.png", 10], ["imgs/b.png", 2], ["imgs/c.png", 2]]
     table = load_table(
-        _csv_cfg(_write_csv(image_dir / "l.csv", ["file", "y"], rows), path_column="file", label_column="y")
+        _csv_cfg(write_csv(image_dir / "l.csv", ["file", "y"], rows), path_column="file", label_column="y")
     )
     assert table.class_names == ["2", "10"]
     assert [s.label for s in table.samples] == [1, 0, 0]
@@ -208,7 +201,7 @@ def test_csv_integer_labels_sort_numerically(image_dir: Path) -> None:
 
 
 def test_csv_missing_column(image_dir: Path) -> None:
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "diagnosis"], [["imgs/a.png", "x"]])
+    csv_path = write_csv(image_dir / "l.csv", ["path", "diagnosis"], [["imgs/a.png", "x"]])
     with pytest.raises(
         DataError, match=r"column 'label' \(data.label_column\) not found.*\['path', 'diagnosis'\]"
     ):
@@ -217,7 +210,7 @@ def test_csv_missing_column(image_dir: Path) -> None:
 
 def test_csv_missing_files_reported_with_line(image_dir: Path) -> None:
     rows = [["imgs/a.png", "x"], ["imgs/gone.png", "y"], ["imgs/b.png", "y"], ["imgs/also_gone.png", "x"]]
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "label"], rows)
+    csv_path = write_csv(image_dir / "l.csv", ["path", "label"], rows)
     with pytest.raises(
         DataError, match=r"2 rows name files that do not exist \(line 3: .*gone\.png; line 5: "
     ):
@@ -226,7 +219,7 @@ def test_csv_missing_files_reported_with_line(image_dir: Path) -> None:
 
 def test_csv_unknown_label_with_classes(image_dir: Path) -> None:
     rows = [["imgs/a.png", "benign"], ["imgs/b.png", "malignant"], ["imgs/c.png", "unsure"]]
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "label"], rows)
+    csv_path = write_csv(image_dir / "l.csv", ["path", "label"], rows)
     with pytest.raises(DataError, match=r"line 4: label 'unsure'"):
         load_table(_csv_cfg(csv_path, classes=["benign", "malignant"]))
     table = load_table(_csv_cfg(csv_path, classes=["unsure", "malignant", "benign"]))
@@ -235,13 +228,13 @@ def test_csv_unknown_label_with_classes(image_dir: Path) -> None:
 
 def test_csv_bad_split_value(image_dir: Path) -> None:
     rows = [["imgs/a.png", "x", "train"], ["imgs/b.png", "y", "holdout"]]
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "label", "split"], rows)
+    csv_path = write_csv(image_dir / "l.csv", ["path", "label", "split"], rows)
     with pytest.raises(DataError, match=r"line 3: split 'holdout'"):
         load_table(_csv_cfg(csv_path))
 
 
 def test_csv_optional_columns(image_dir: Path) -> None:
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "label"], [["imgs/a.png", "x"], ["imgs/b.png", "y"]])
+    csv_path = write_csv(image_dir / "l.csv", ["path", "label"], [["imgs/a.png", "x"], ["imgs/b.png", "y"]])
     assert not load_table(_csv_cfg(csv_path)).has_patients  # default names absent: fine
     with pytest.raises(DataError, match=r"column 'subject' \(data.patient_column\) not found"):
         load_table(_csv_cfg(csv_path, patient_column="subject"))
@@ -250,7 +243,7 @@ def test_csv_optional_columns(image_dir: Path) -> None:
 
 
 def test_csv_single_class_rejected(image_dir: Path) -> None:
-    csv_path = _write_csv(image_dir / "l.csv", ["path", "label"], [["imgs/a.png", "x"], ["imgs/b.png", "x"]])
+    csv_path = write_csv(image_dir / "l.csv", ["path", "label"], [["imgs/a.png", "x"], ["imgs/b.png", "x"]])
     with pytest.raises(DataError, match="fewer than two classes"):
         load_table(_csv_cfg(csv_path))
 
