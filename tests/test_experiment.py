@@ -31,7 +31,7 @@ def brain_config(root: Path, **over) -> dict:
         "evaluate": {"bootstrap": 200},
     }
     for key, value in over.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
 
 
@@ -153,3 +153,60 @@ def test_evaluate_on_other_data_with_saved_models(fe_run: tuple[Path, dict], bra
     metrics = evaluate_run(out, data, tmp_path / "eval.json")
     assert metrics["n"] == 30 and (tmp_path / "eval.json").is_file()
     assert metrics["auc"]["value"] > 0.6
+
+
+# ------------------------------------------------------------ strategies end to end (tiny, 64 px)
+
+
+def tiny_config(root: Path, **over) -> dict:
+    cfg = brain_config(root, **over)
+    cfg["data"] = {**cfg["data"], "image_size": 64, "max_per_class": 15, "split": {"method": "kfold", "folds": 2}}
+    cfg["train"] = {**cfg["train"], "epochs": 3, "batch_size": 16}
+    return cfg
+
+
+@pytest.mark.parametrize("transfer", [
+    {"strategy": "feature_extraction", "classifier": "logistic"},
+    {"strategy": "feature_extraction", "classifier": "svm"},
+    {"strategy": "gradual", "schedule": [{"epoch": 0, "unfreeze_from": "head"},
+                                         {"epoch": 1, "unfreeze_from": "blocks.6", "lr": 0.0003}]},
+    {"strategy": "truncated", "truncate_at": "blocks.4"},
+])
+def test_strategy_runs_and_predicts(brain_mri: Path, tmp_path: Path, transfer: dict) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(brain_mri, transfer=transfer)
+    if transfer["strategy"] != "feature_extraction":  # whole-network updates want a fine-tuning learning rate
+        cfg["train"]["lr"] = 0.0003
+    metrics = run_experiment(parse_config(cfg), out, progress=False)
+    assert metrics["n"] == 30 and metrics["model"]["strategy"] == transfer["strategy"]
+    assert metrics["auc"]["value"] > 0.6, metrics["auc"]
+    rows = predict_files(out, [brain_mri / "yes" / "Y1.jpg"])
+    assert rows[0]["error"] == "" and rows[0]["pred"] in ("no", "yes")
+    if transfer["strategy"] == "truncated":
+        report = metrics["model"]["truncation"]
+        assert report["parameters_truncated"] < report["parameters_full"] / 2
+
+
+def test_scratch_small_cnn_and_collapse_guard(brain_mri: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(brain_mri, transfer={"strategy": "scratch"}, model={"backbone": "small_cnn", "weights": "none"})
+    metrics = run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+    assert metrics["model"]["backbone"] == "small_cnn"
+    collapsed = abs(metrics["accuracy"]["value"] - 0.5) < 0.01 and metrics["auc"]["value"] < 0.6
+    assert bool(metrics["warnings"]) == collapsed
+
+
+def test_multi_stage_lineage(brain_mri: Path, datasets: Path, tmp_path: Path) -> None:
+    bridge = {"name": "pneumonia", "data": {"source": "medmnist", "path": str(datasets / "medmnist/pneumoniamnist.npz"),
+                                            "image_size": 64, "max_per_class": 40, "split": {"method": "predefined"}},
+              "train": {"epochs": 1, "progress": False, "batch_size": 16}}
+    cfg = tiny_config(brain_mri, transfer={"strategy": "fine_tune"}, stages=[bridge])
+    out = tmp_path / "run"
+    metrics = run_experiment(parse_config(cfg), out, progress=False)
+    stage_dir = out / "stages" / "1-pneumonia"
+    assert (stage_dir / "metrics.json").is_file()
+    assert metrics["stages"][0]["stage"] == "pneumonia"
+    assert metrics["model"]["weights"].startswith("file:") and "1-pneumonia" in metrics["model"]["weights"]
+    lineage = json.loads((out / "model" / "model.json").read_text())["lineage"]
+    assert [entry["stage"] for entry in lineage][-2:] == ["e2e-pneumonia", "e2e"]
+    assert lineage[-2]["splits_sha256"] == metrics["stages"][0]["splits_sha256"]
+    assert lineage[-1]["weights_sha256"]  # the hash of the bridge model the target stage started from

@@ -79,8 +79,11 @@ def load_models(run_dir: Path) -> tuple[list[TransferNet], ModelMeta]:
     """Rebuild every fold's model of a run (random init, then the stored weights)."""
     meta = load_meta(run_dir)
     models = []
+    transfer = meta.config.get("transfer", {})
+    truncate_at = transfer.get("truncate_at") if transfer.get("strategy") == "truncated" else None
     for name in meta.folds:
-        model, _ = create_model(meta.backbone, "none", len(meta.class_names), HeadConfig(**meta.head))
+        model, _ = create_model(meta.backbone, "none", len(meta.class_names), HeadConfig(**meta.head),
+                                truncate_at=truncate_at)
         model.load_state_dict(load_file(str(Path(run_dir) / MODEL_DIR / name)), strict=True)
         models.append(model.eval())
     return models, meta

@@ -123,6 +123,30 @@ def _fmt3(values: tuple[float, ...]) -> str:
 
 
 @app.command()
+def layers(backbone: Annotated[str, typer.Argument(help="A timm architecture, e.g. tf_efficientnet_lite0.")],
+           weights: Annotated[str, typer.Option(help="Weights to load (shapes do not depend on them).")] = "none",
+           image_size: Annotated[int, typer.Option(help="Input size for the output shapes.")] = 224) -> None:
+    """Print a backbone's cut points: valid names for transfer.unfreeze_from / truncate_at / schedule."""
+    from medtl.models.network import create_model
+    from medtl.transfer.cuts import describe
+
+    try:
+        model, _ = create_model(backbone, weights, 2)
+    except MedtlError as exc:
+        _fail(exc)
+    table = Table(title=f"{backbone} cut points at {image_size} px")
+    for col in ("cut point", "output (C, H, W)", "parameters", "frozen below", "trained from here", "timm stage"):
+        table.add_column(col, justify="right" if col not in ("cut point", "timm stage") else "left",
+                         no_wrap=col == "cut point")
+    for row in describe(model.backbone, image_size):
+        table.add_row(row.name, "×".join(map(str, row.shape)), f"{row.params:,}", f"{row.params_below:,}",
+                      f"{row.params_from_here:,}", row.stage)
+    out.print(table)
+    out.print("unfreeze_from: head or any cut point (it and everything above train); "
+              "truncate_at: any cut point (layers above are dropped)")
+
+
+@app.command()
 def demo(out_dir: Annotated[Path, typer.Option("--out", help="Where the run directories go.")] = Path("runs"),
          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
     """Feature extraction vs fine-tuning, EfficientNet-Lite0, 5-fold CV on brain MRI."""
@@ -136,6 +160,64 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="Where the run dire
     out.print(metrics_table([(name, m) for name, m, _ in results], title="medtl demo (95% CI)"))
     for name, m, run_dir in results:
         out.print(f"{name}: {run_dir}  ({m['seconds']:.0f} s)")
+
+
+@app.command()
+def study(study_file: Annotated[Path, typer.Argument(help="Study YAML (base experiment + axes).")],
+          out_dir: Annotated[Path | None, typer.Option("--out", help="Study directory (default "
+                                                       "runs/studies/<name>).")] = None,
+          overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value for the base")]
+          = None,
+          only: Annotated[list[str] | None, typer.Option("--only", help="Run only this cell (repeatable).")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; run nothing.")]
+          = False,
+          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Run a grid of experiments (resuming finished cells) and compare them; exit 1 if a cell failed."""
+    from medtl.study import load_study, plan_table, run_study, study_table
+
+    try:
+        spec = load_study(study_file, overrides or [])
+        result = run_study(spec, out_dir, progress=not quiet, only=only, dry_run=dry_run)
+    except MedtlError as exc:
+        _fail(exc)
+    if dry_run:
+        out.print(plan_table(result))
+        return
+    out.print(study_table(result))
+    out.print(f"study directory: {result.out_dir}")
+    if result.failed:
+        console.print(f"[bold red]{len(result.failed)} cell(s) failed:[/] {', '.join(result.failed)} "
+                      f"(see {result.out_dir / 'study.json'})")
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+            baseline: Annotated[Path | None, typer.Option(help="Run to test against (default: the first).")]
+            = None,
+            csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the comparison as CSV.")] = None,
+            md_file: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table.")] = None,
+            ) -> None:
+    """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images."""
+    from medtl.evaluate.compare import (
+        compare_runs,
+        comparison_csv,
+        comparison_markdown,
+        comparison_table,
+        default_columns,
+    )
+
+    try:
+        rows = compare_runs(run_dirs, baseline)
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(comparison_table(rows))
+    if csv_file:
+        csv_file.write_text(comparison_csv(rows, default_columns()))
+        console.print(f"comparison written to {csv_file}")
+    if md_file:
+        md_file.write_text(comparison_markdown(rows))
+        console.print(f"markdown table written to {md_file}")
 
 
 
@@ -198,6 +280,24 @@ def audit(target: Annotated[Path, typer.Argument(help="Run directory, YAML confi
     if report.leakage:
         console.print("[bold red]leakage:[/] a patient or an identical image is in more than one split")
         raise typer.Exit(1)
+
+
+@app.command()
+def report(target: Annotated[Path, typer.Argument(help="A run directory or a study directory.")],
+           out_file: Annotated[Path | None, typer.Option("--out", help="HTML file (default: TARGET/report.html).")]
+           = None,
+           cam: Annotated[bool, typer.Option(help="Grad-CAM gallery (loads the models).")] = True,
+           bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: the run's).")] = None,
+           ) -> None:
+    """One self-contained HTML report of a run or a study (figures embedded, no network)."""
+    from medtl.report import write_report
+
+    try:
+        path = write_report(target, out_file, cam=cam, n_boot=bootstrap)
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(f"report written to {path}")
+
 
 if __name__ == "__main__":
     app()

@@ -192,16 +192,58 @@ class ModelConfig(StrictModel):
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class TransferConfig(StrictModel):
-    """Transfer strategy. ``unfreeze_from`` names the first trainable module for ``fine_tune``."""
+class UnfreezeStep(StrictModel):
+    """One step of a gradual-unfreezing schedule: from ``epoch`` on, train from ``unfreeze_from`` up.
 
-    strategy: Literal["feature_extraction", "fine_tune"] = "fine_tune"
+    ``lr`` (optional) is the learning rate of the layers this step unfreezes.
+    """
+
+    epoch: int = Field(ge=0)
+    unfreeze_from: str
+    lr: float | None = Field(None, gt=0.0)
+
+
+class TransferConfig(StrictModel):
+    """Transfer strategy.
+
+    - ``feature_extraction``: backbone frozen, head (or a classical ``classifier``) trained.
+    - ``fine_tune``: all layers, or ``unfreeze_from`` a cut point on (``medtl layers BACKBONE``).
+    - ``gradual``: unfreeze step by step following ``schedule``.
+    - ``truncated``: keep the backbone up to ``truncate_at`` (TruncatedTL), pool, new head, fine-tune.
+    - ``scratch``: random initialisation (``model.weights: none``); any backbone or ``small_cnn``.
+    """
+
+    strategy: Literal["feature_extraction", "fine_tune", "gradual", "truncated", "scratch"] = "fine_tune"
     unfreeze_from: str | None = None
+    schedule: list[UnfreezeStep] = []
+    truncate_at: str | None = None
+    classifier: Literal["head", "logistic", "svm"] = "head"
     # Frozen BatchNorm statistics keep the features the linear probe was fitted on (measured:
     # a probe-initialised head under train-mode statistics starts at a loss of 20-40, docs/results.md).
     bn: Literal["train", "frozen"] = "frozen"
     head_init: Literal["zero", "linear_probe"] = "linear_probe"
     probe_c: float = Field(0.1, gt=0.0)
+
+    @model_validator(mode="after")
+    def _strategy_options(self) -> TransferConfig:
+        s = self.strategy
+        if self.schedule and s != "gradual":
+            raise ValueError(f"transfer.schedule is for strategy 'gradual', not '{s}'")
+        if s == "gradual":
+            if not self.schedule:
+                raise ValueError("strategy 'gradual' needs transfer.schedule, e.g. [{epoch: 0, unfreeze_from: "
+                                 "head}, {epoch: 3, unfreeze_from: blocks.5}]")
+            epochs = [step.epoch for step in self.schedule]
+            if epochs[0] != 0 or epochs != sorted(set(epochs)):
+                raise ValueError("transfer.schedule: epochs must start at 0 and increase strictly")
+        if (self.truncate_at is None) == (s == "truncated"):
+            raise ValueError("strategy 'truncated' needs transfer.truncate_at (and only it uses it)")
+        if self.unfreeze_from not in (None, "head") and s not in ("fine_tune", "truncated"):
+            raise ValueError(f"transfer.unfreeze_from is not used by strategy '{s}'"
+                             + ("; use transfer.schedule" if s == "gradual" else ""))
+        if self.classifier != "head" and s != "feature_extraction":
+            raise ValueError("transfer.classifier logistic/svm is a feature_extraction baseline")
+        return self
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -225,6 +267,11 @@ class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1)
     scheduler: Literal["cosine", "constant"] = "cosine"
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
+    # Discriminative learning rates: the backbone trains at ``lr * backbone_lr_mult`` (times the
+    # layer decay, and any per-cut-point ``lr_mults`` entry); the new head at ``lr``.
+    backbone_lr_mult: float = Field(1.0, gt=0.0, le=1.0)
+    lr_mults: dict[str, float] = Field(default_factory=dict)
+    grad_clip: float | None = Field(None, gt=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
@@ -251,8 +298,35 @@ class EvaluateConfig(StrictModel):
     patient_level: PatientLevelConfig | None = None
 
 
+class StageConfig(StrictModel):
+    """One bridge stage of a multi-stage transfer: its own data and (optionally) strategy and training.
+
+    Blocks left out are taken from the experiment's top level. A bridge stage hands one model on,
+    so its split must be ``holdout`` or ``predefined``.
+    """
+
+    name: str
+    data: DataConfig
+    transfer: TransferConfig | None = None
+    train: TrainConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_model(self) -> StageConfig:
+        if self.data.split.method == "kfold":
+            raise ValueError(f"stage '{self.name}': a bridge stage hands one model to the next stage; use "
+                             "data.split.method holdout or predefined")
+        if self.transfer is not None and self.transfer.strategy == "truncated":
+            raise ValueError(f"stage '{self.name}': truncate in the final stage, not in a bridge stage")
+        return self
+
+
 class ExperimentConfig(StrictModel):
-    """One experiment: the whole YAML file."""
+    """One experiment: the whole YAML file.
+
+    ``stages`` (multi-stage transfer) lists bridge stages run in order before the main experiment;
+    each starts from the previous stage's backbone with a fresh head.
+    """
 
     name: str = "experiment"
     data: DataConfig
@@ -260,6 +334,7 @@ class ExperimentConfig(StrictModel):
     transfer: TransferConfig = TransferConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    stages: list[StageConfig] = []
 
     @field_validator("name")
     @classmethod
@@ -267,6 +342,15 @@ class ExperimentConfig(StrictModel):
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
             raise ValueError("name may contain only letters, digits, '.', '_' and '-'")
         return v
+
+    @model_validator(mode="after")
+    def _scratch_has_no_weights(self) -> ExperimentConfig:
+        if self.transfer.strategy == "scratch" and self.stages:
+            raise ValueError("a multi-stage run's final stage starts from the bridge model; it cannot be 'scratch'")
+        if self.transfer.strategy == "scratch" and self.model.weights != "none":
+            raise ValueError(f"transfer.strategy 'scratch' trains from random initialisation: set model.weights: "
+                             f"none (it is '{self.model.weights}')")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -341,14 +425,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     """Make the data location absolute, relative to ``base`` (the config file's folder)."""
-    data = cfg.data
+    for stage in cfg.stages:
+        _resolve_data_paths(stage.data, base)
+    _resolve_data_paths(cfg.data, base)
+    return cfg
+
+
+def _resolve_data_paths(data: DataConfig, base: Path) -> None:
     for key in ("root", "csv", "path"):
         value = getattr(data, key)
         if value is not None and not value.is_absolute():
             setattr(data, key, (base / value).resolve())
     if data.strategy.slice_csv is not None and not data.strategy.slice_csv.is_absolute():
         data.strategy.slice_csv = (base / data.strategy.slice_csv).resolve()
-    return cfg
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
+from medtl.transfer.cuts import inference_ms
 from medtl.transfer.freeze import apply_strategy, count
+from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 from medtl.transfer.probe import init_head
 
 log = logging.getLogger(__name__)
@@ -90,12 +93,60 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) 
     with _run_log(out_dir / "run.log"):
         (out_dir / "config.yaml").write_text(dump_config(cfg))
         started = time.perf_counter()
+        stages = []
+        if cfg.stages:
+            cfg, stages = run_bridge_stages(cfg, out_dir / "stages", progress)
         data = prepare_data(cfg, progress)
         write_manifest(out_dir / "splits.csv", data.loaded.table, data.groups, data.folds)
         outcomes, spec = _train_folds(cfg, data, out_dir, progress)
         metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started)
+        if stages:
+            metrics["stages"] = stages
         _write_outputs(out_dir, cfg, data, outcomes, metrics, spec)
     return metrics
+
+
+def run_bridge_stages(cfg: ExperimentConfig, stage_root: Path,
+                      progress: bool = True) -> tuple[ExperimentConfig, list[dict]]:
+    """Multi-stage transfer: run each bridge stage, each starting from the previous stage's backbone.
+
+    Returns the final-stage config (``model.weights`` = the last bridge model, no ``stages``) and a
+    summary per stage. A stage whose run directory already holds a finished run with the same
+    config is reused, so an interrupted multi-stage run resumes.
+    """
+    weights = cfg.model.weights
+    summary = []
+    for i, stage in enumerate(cfg.stages):
+        stage_cfg = stage_config(cfg, i, weights)
+        run_dir = stage_root / f"{i + 1}-{stage.name}"
+        log.info("stage %d/%d '%s': %s from %s", i + 1, len(cfg.stages), stage.name, stage_cfg.transfer.strategy,
+                 weights)
+        if (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").read_text() == dump_config(stage_cfg):
+            log.info("stage '%s' already finished in %s; reusing it", stage.name, run_dir)
+            stage_metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            stage_metrics = run_experiment(stage_cfg, run_dir, progress)
+        weights = f"file:{run_dir / artifact.MODEL_DIR / 'fold0.safetensors'}"
+        summary.append({"stage": stage.name, "run_dir": str(run_dir), "started_from": stage_cfg.model.weights,
+                        "strategy": stage_cfg.transfer.strategy, "data": str(stage.data.location),
+                        "splits_sha256": _sha256(run_dir / "splits.csv"),
+                        **{k: stage_metrics[k]["value"] for k in ("accuracy", "auc") if k in stage_metrics}})
+    final = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": weights}), "stages": []})
+    return final, summary
+
+
+def stage_config(cfg: ExperimentConfig, index: int, weights: str) -> ExperimentConfig:
+    """The experiment config of bridge stage ``index`` starting from ``weights``."""
+    stage = cfg.stages[index]
+    transfer = stage.transfer or (cfg.transfer if cfg.transfer.strategy != "truncated" else None)
+    tree = {"name": f"{cfg.name}-{stage.name}", "data": stage.data.model_dump(),
+            "model": cfg.model.model_dump() | {"weights": weights},
+            "transfer": (transfer.model_dump() if transfer else {}),
+            "train": (stage.train or cfg.train).model_dump(),
+            "evaluate": (stage.evaluate or cfg.evaluate).model_dump()}
+    return ExperimentConfig.model_validate(tree)
 
 
 def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
@@ -109,16 +160,18 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
         started = time.perf_counter()
         seed = cfg.train.seed + fold.index
         L.seed_everything(seed, workers=True, verbose=False)
-        model, spec = create_model(cfg.model.backbone, cfg.model.weights, len(data.class_names),
-                                   cfg.model.head, cfg.model.drop_rate, cfg.model.drop_path_rate)
+        model, spec = build_model(cfg, len(data.class_names))
         apply_strategy(model, cfg.transfer)
         if _uses_feature_bank(cfg):
             bank = bank or _feature_bank(model, spec, cfg, data, progress)
-        if cfg.transfer.head_init == "linear_probe":
+        if cfg.transfer.classifier != "head":
+            result, probs = _fit_classical(model, cfg, data, fold, bank, seed)
+        elif _uses_feature_bank(cfg):
             _probe_head(model, spec, cfg, data, fold, bank, seed)
-        if _uses_feature_bank(cfg):
             result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
         else:
+            if cfg.transfer.head_init == "linear_probe" and cfg.transfer.strategy != "scratch":
+                _probe_head(model, spec, cfg, data, fold, bank, seed)
             result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
         artifact.save_fold(out_dir, fold.index, result.model)
         outcome = FoldOutcome(fold, probs, result, time.perf_counter() - started)
@@ -130,10 +183,37 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
     return outcomes, spec
 
 
+def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, WeightsSpec]:
+    """The configured model (truncated for ``transfer.strategy: truncated``)."""
+    truncate_at = cfg.transfer.truncate_at if cfg.transfer.strategy == "truncated" else None
+    return create_model(cfg.model.backbone, cfg.model.weights, num_classes, cfg.model.head, cfg.model.drop_rate,
+                        cfg.model.drop_path_rate, truncate_at)
+
+
 def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
-    """Frozen backbone and no augmentation: the backbone's output never changes, compute it once."""
-    return (cfg.transfer.strategy == "feature_extraction" and not cfg.data.augment.active
-            and not cfg.data.strategy.expand)
+    """Frozen backbone and no augmentation: the backbone's output never changes, compute it once.
+
+    A classical classifier (logistic regression / SVM on pooled features) always uses the bank.
+    """
+    if cfg.transfer.strategy != "feature_extraction":
+        return False
+    return cfg.transfer.classifier != "head" or (not cfg.data.augment.active and not cfg.data.strategy.expand)
+
+
+def _fit_classical(model: TransferNet, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
+                   bank: tuple[torch.Tensor, torch.Tensor | None], seed: int) -> tuple[FitResult, np.ndarray]:
+    """Feature-extraction baseline: logistic regression or a Platt-scaled linear SVM on pooled features,
+    fitted on train + validation (nothing to stop early), stored as the linear head."""
+    feats, flipped = bank
+    idx = np.concatenate([fold.train, fold.val])
+    method = cfg.transfer.classifier
+    if not init_head(model.head, feats[idx], data.labels[idx], len(data.class_names), cfg.transfer.probe_c, seed,
+                     method):
+        raise MedtlError(f"transfer.classifier '{method}' needs a linear head: set model.head.hidden: []")
+    if cfg.data.augment.active:
+        log.warning("transfer.classifier '%s' fits on fixed features: data.augment is not used", method)
+    probs = head_probs(model.head, feats[fold.test], flipped[fold.test] if flipped is not None else None)
+    return FitResult(model=model.eval()), probs
 
 
 def _probe_head(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
@@ -183,12 +263,15 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
               fold: Fold, seed: int, progress: bool, out_dir: Path) -> tuple[FitResult, np.ndarray]:
     normalizer = _normalizer(spec)
     images = data.loaded.images
+    gradual = cfg.transfer.strategy == "gradual"
     module = ClassifierModule(model, cfg.train, data.positive_index, _class_weights(cfg, data, fold),
-                              prepare=normalizer)
+                              prepare=normalizer, include_frozen=gradual,
+                              lr_mults=step_lr_mults(model, cfg.transfer.schedule, cfg.train.lr) if gradual else None)
     train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
     val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
+    callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
     try:
-        result = fit(module, train, val, cfg.train, seed, progress)
+        result = fit(module, train, val, cfg.train, seed, progress, callbacks)
     except TrainingError as exc:
         raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
@@ -228,12 +311,43 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
     metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
                        "n_images": len(data.labels), "n_bad": len(data.loaded.bad),
                        "bad": [{"file": f, "reason": r} for f, r in data.loaded.bad]}
+    model = outcomes[-1].fit.model
     metrics["model"] = {"backbone": cfg.model.backbone, "weights": spec.name, "weights_sha256": spec.sha256,
-                        "strategy": cfg.transfer.strategy, "unfreeze_from": cfg.transfer.unfreeze_from}
+                        "strategy": cfg.transfer.strategy, "unfreeze_from": cfg.transfer.unfreeze_from,
+                        "parameters": count(model)}
+    if cfg.transfer.strategy == "truncated":
+        metrics["model"]["truncation"] = truncation_report(cfg, model)
+    metrics["warnings"] = collapse_warnings(metrics, data.labels[idx])
     metrics["epochs_trained"] = [len(o.fit.history) for o in outcomes]
     metrics["seconds"] = round(seconds, 1)
     metrics["name"] = cfg.name
     return metrics
+
+
+def collapse_warnings(metrics: dict, labels: np.ndarray) -> list[str]:
+    """Say so when a model predicts (almost) one class: accuracy at the majority rate and AUC < 0.6."""
+    majority = float(np.bincount(labels).max() / len(labels))
+    accuracy, auc = metrics["accuracy"]["value"], metrics["auc"]["value"]
+    if accuracy is not None and abs(accuracy - majority) < 0.01 and (auc is None or auc < 0.6):
+        message = (f"the model collapsed to (almost) one class: accuracy {accuracy:.3f} equals the majority "
+                   f"rate {majority:.3f} and AUC is {auc if auc is None else round(auc, 3)}; try a lower "
+                   "train.lr, more epochs, class_weights: balanced, or another strategy")
+        log.warning(message)
+        return [message]
+    return []
+
+
+def truncation_report(cfg: ExperimentConfig, truncated: TransferNet) -> dict:
+    """Parameters and CPU inference time of the truncated model next to the full one."""
+    full, _ = create_model(cfg.model.backbone, "none", 2, cfg.model.head)
+    size = cfg.data.image_size
+    report = {"truncate_at": cfg.transfer.truncate_at, "parameters_full": count(full),
+              "parameters_truncated": count(truncated), "ms_per_image_full": round(inference_ms(full, size), 2),
+              "ms_per_image_truncated": round(inference_ms(truncated, size), 2)}
+    log.info("truncation at %s: %s → %s parameters, %.1f → %.1f ms/image", report["truncate_at"],
+             f"{report['parameters_full']:,}", f"{report['parameters_truncated']:,}",
+             report["ms_per_image_full"], report["ms_per_image_truncated"])
+    return report
 
 
 def _protocol(cfg: ExperimentConfig, data: PreparedData) -> dict:

@@ -11,7 +11,9 @@ from torch import nn
 
 from medtl.config import HeadConfig
 from medtl.errors import WeightsError
+from medtl.models import scratch  # noqa: F401  (registers small_cnn with timm)
 from medtl.models.registry import WeightsSpec, load_pretrained, resolve_weights
+from medtl.transfer.cuts import truncate
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ def frozen_modules(root: nn.Module) -> list[nn.Module]:
 
 
 def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig | None = None,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> tuple[TransferNet, WeightsSpec]:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 truncate_at: str | None = None) -> tuple[TransferNet, WeightsSpec]:
     """Build ``backbone`` with ``weights`` loaded and a fresh head for ``num_classes``.
 
     Args:
@@ -98,18 +101,26 @@ def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig
         head: head layout; linear when omitted.
         drop_rate: dropout before the backbone's pooled output (timm ``drop_rate``).
         drop_path_rate: stochastic depth of the backbone's residual blocks (timm ``drop_path_rate``).
+        truncate_at: keep the backbone only up to this cut point (TruncatedTL); the head is sized to it.
 
     Returns:
         The model and the weights spec it was built from.
     """
     spec = resolve_weights(weights, backbone)
+    # Only pass the regularisers that are switched on: not every timm family accepts drop_path_rate.
+    extra = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
     try:
-        net = timm.create_model(backbone, pretrained=False, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                                num_classes=spec.num_classes if spec.source == "packaged" else 1000)
-    except RuntimeError as exc:
+        net = timm.create_model(backbone, pretrained=False,
+                                num_classes=spec.num_classes if spec.source == "packaged" else 1000, **extra)
+    except (RuntimeError, TypeError) as exc:
         raise WeightsError(f"model.backbone '{backbone}': {exc}") from None
     load_pretrained(net, spec)
     net.reset_classifier(0)
+    if truncate_at is not None:
+        full = sum(p.numel() for p in net.parameters())
+        net = truncate(net, truncate_at)
+        log.info("truncated at %s: backbone %.2fM → %.2fM parameters", truncate_at, full / 1e6,
+                 sum(p.numel() for p in net.parameters()) / 1e6)
     model = TransferNet(net, build_head(net.num_features, num_classes, head or HeadConfig()))
     log.info("model %s (%s) → %d classes, %.2fM parameters", backbone, spec.name, num_classes,
              sum(p.numel() for p in model.parameters()) / 1e6)

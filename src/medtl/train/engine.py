@@ -43,8 +43,13 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, positive_index: int | None,
                  class_weights: torch.Tensor | None = None,
-                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 include_frozen: bool = False, lr_mults: dict[str, float] | None = None) -> None:
+        """``include_frozen``: put frozen parameters into the optimizer too (gradual unfreezing);
+        ``lr_mults``: extra per-cut-point learning-rate multipliers on top of ``train.lr_mults``."""
         super().__init__()
+        self.include_frozen = include_frozen
+        self.lr_mults = lr_mults or {}
         self.model = model
         self.cfg = cfg
         self.positive_index = positive_index
@@ -101,7 +106,7 @@ class ClassifierModule(L.LightningModule):
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
     def configure_optimizers(self) -> dict:
-        optimizer = make_optimizer(self.model, self.cfg)
+        optimizer = make_optimizer(self.model, self.cfg, self.include_frozen, self.lr_mults)
         total = self.trainer.estimated_stepping_batches
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         schedule = warmup_cosine(int(self.cfg.warmup_epochs * steps_per_epoch), int(total),
@@ -133,15 +138,20 @@ def _nan_to(value: float, default: float) -> float:
     return default if value is None or math.isnan(value) else value
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over trainable parameters.
+def make_optimizer(model: nn.Module, cfg: TrainConfig, include_frozen: bool = False,
+                   extra_mults: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over trainable parameters (all parameters with ``include_frozen``).
 
     No weight decay on biases and norms. With ``train.layer_decay`` the backbone's cut points get
-    learning rates ``lr · decay^k`` (k = cut points above it), so early, generic layers move least.
+    learning rates ``lr · decay^k`` (k = cut points above it), so early, generic layers move least;
+    ``train.backbone_lr_mult`` and ``train.lr_mults`` scale the backbone / named cut points.
     """
+    mults = dict(cfg.lr_mults)
+    for key, value in (extra_mults or {}).items():
+        mults[key] = mults.get(key, 1.0) * value
     groups = []
-    for mult, params in lr_multipliers(model, cfg.layer_decay):
-        trainable = [p for p in params if p.requires_grad]
+    for mult, params in lr_multipliers(model, cfg.layer_decay, cfg.backbone_lr_mult, mults):
+        trainable = [p for p in params if p.requires_grad or include_frozen]
         groups += [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay,
                     "lr": cfg.lr * mult},
                    {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "lr": cfg.lr * mult}]
@@ -156,22 +166,39 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return factory(groups, lr=cfg.lr)
 
 
-def lr_multipliers(model: nn.Module, decay: float | None) -> list[tuple[float, list[nn.Parameter]]]:
-    """(multiplier, parameters) per cut point of a TransferNet's backbone; one group otherwise."""
+def lr_multipliers(model: nn.Module, decay: float | None, backbone_mult: float = 1.0,
+                   mults: dict[str, float] | None = None) -> list[tuple[float, list[nn.Parameter]]]:
+    """(multiplier, parameters) per cut point of a TransferNet's backbone, then the rest (the head).
+
+    A cut point's multiplier is ``backbone_mult · decay^k`` (k = cut points above it) times the
+    ``mults`` entry naming it or a parent (``blocks`` covers ``blocks.3``). Models without a
+    ``backbone`` (or with no multipliers at all) get one group.
+    """
     backbone = getattr(model, "backbone", None)
-    if decay is None or backbone is None:
+    mults = mults or {}
+    if backbone is None or (decay is None and backbone_mult == 1.0 and not mults):
         return [(1.0, list(model.parameters()))]
-    from medtl.transfer.freeze import cut_points
+    from medtl.transfer.cuts import cut_points
 
     points = cut_points(backbone)
+    unknown = [k for k in mults if not any(p == k or p.startswith(k + ".") for p in points)]
+    if unknown:
+        raise TrainingError(f"train.lr_mults: {unknown} name no cut point of this backbone; "
+                            f"valid: {', '.join(points)} (see `medtl layers`)")
     seen: set[int] = set()
     out = []
     for depth, name in enumerate(points):
         params = list(backbone.get_submodule(name).parameters())
         seen.update(id(p) for p in params)
-        out.append((decay ** (len(points) - depth), params))
-    rest = [p for p in model.parameters() if id(p) not in seen]  # the head and anything outside cut points
-    return [*out, (1.0, rest)]
+        mult = backbone_mult * (decay ** (len(points) - depth) if decay else 1.0)
+        for key, value in mults.items():
+            if name == key or name.startswith(key + "."):
+                mult *= value
+        out.append((mult, params))
+    stray = [p for name, p in backbone.named_parameters() if id(p) not in seen]  # e.g. a final conv_head
+    seen.update(id(p) for p in stray)
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    return [*out, (backbone_mult, stray), (1.0, rest)]
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True) -> Callable[[int], float]:
@@ -294,7 +321,7 @@ def min_epochs(cfg: TrainConfig) -> int:
 
 
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
-        seed: int, progress: bool = True) -> FitResult:
+        seed: int, progress: bool = True, callbacks: list[L.Callback] | None = None) -> FitResult:
     """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
 
     Without a validation set (or without early stopping) the weights of the last epoch are kept,
@@ -307,7 +334,8 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        enable_progress_bar=progress, callbacks=[keeper], deterministic=True,
+        enable_progress_bar=progress, callbacks=[*(callbacks or []), keeper], deterministic=True,
+        gradient_clip_val=cfg.grad_clip,
         precision="16-mixed" if accelerator(cfg) == "gpu" else "32-true")
     train_loader = loader(train, cfg, shuffle=True, seed=seed)
     val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None

@@ -47,14 +47,34 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float
     return full_w, full_b
 
 
+def fit_svm(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float = 0.1,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A linear SVM with Platt scaling, folded into one linear layer ``(K, D)``, ``(K,)``.
+
+    The SVM's decision values are calibrated by a logistic regression fitted on them (Platt 1999);
+    linear on linear is linear, so the classifier ships as an ordinary ``nn.Linear`` head.
+    """
+    from sklearn.svm import LinearSVC
+
+    scaler = StandardScaler().fit(features)
+    z = scaler.transform(features)
+    svm = LinearSVC(C=c, max_iter=20000, random_state=seed).fit(z, labels)
+    decision = svm.decision_function(z).reshape(len(z), -1)
+    platt_w, platt_b = fit_probe(decision, labels, n_classes, c=1e4, seed=seed)
+    svm_w = svm.coef_ / scaler.scale_  # (M, D) on raw features
+    svm_b = svm.intercept_ - (svm.coef_ * scaler.mean_ / scaler.scale_).sum(1)
+    return platt_w @ svm_w, platt_w @ svm_b + platt_b
+
+
 def init_head(head: nn.Module, features: torch.Tensor, labels: np.ndarray, n_classes: int,
-              c: float = 0.1, seed: int = 0) -> bool:
-    """Set a linear head to the linear-probe solution; returns False (head untouched) for MLP heads."""
+              c: float = 0.1, seed: int = 0, method: str = "logistic") -> bool:
+    """Set a linear head to the linear-probe (or ``svm``) solution; False (head untouched) for MLP heads."""
     layer = final_linear(head)
     if layer is None:
         log.info("linear-probe initialisation needs a linear head (model.head.hidden: []); keeping zero init")
         return False
-    weight, bias = fit_probe(features.numpy(), labels, n_classes, c, seed)
+    fitter = fit_svm if method == "svm" else fit_probe
+    weight, bias = fitter(features.numpy(), labels, n_classes, c, seed)
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=layer.weight.dtype))
         layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
