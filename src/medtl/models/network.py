@@ -121,7 +121,9 @@ def create_model(backbone: str, weights: str, num_classes: int, head: HeadConfig
         net = truncate(net, truncate_at)
         log.info("truncated at %s: backbone %.2fM → %.2fM parameters", truncate_at, full / 1e6,
                  sum(p.numel() for p in net.parameters()) / 1e6)
-    model = TransferNet(net, build_head(net.num_features, num_classes, head or HeadConfig()))
+    # Pooled width: MobileNetV3-style models put a conv head after the last stage (head_hidden_size).
+    width = getattr(net, "head_hidden_size", None) or net.num_features
+    model = TransferNet(net, build_head(width, num_classes, head or HeadConfig()))
     log.info("model %s (%s) → %d classes, %.2fM parameters", backbone, spec.name, num_classes,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, spec
