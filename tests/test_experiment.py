@@ -28,7 +28,7 @@ def brain_config(root: Path, **over) -> dict:
                  "max_per_class": 45, "split": {"method": "kfold", "folds": 3, "seed": 0}},
         "transfer": {"strategy": "feature_extraction"},
         "train": {"optimizer": "adamw", "lr": 0.003, "epochs": 40, "warmup_epochs": 0, "progress": False},
-        "evaluate": {"bootstrap": 200},
+        "evaluate": {"bootstrap": 200, "report": False},  # the report has its own tests (tests/report)
     }
     for key, value in over.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
@@ -210,3 +210,22 @@ def test_multi_stage_lineage(brain_mri: Path, datasets: Path, tmp_path: Path) ->
     assert [entry["stage"] for entry in lineage][-2:] == ["e2e-pneumonia", "e2e"]
     assert lineage[-2]["splits_sha256"] == metrics["stages"][0]["splits_sha256"]
     assert lineage[-1]["weights_sha256"]  # the hash of the bridge model the target stage started from
+
+
+def test_operating_point_and_temperature_come_from_validation(brain_mri: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(brain_mri, evaluate={"threshold_rule": "youden", "temperature_scaling": True, "report": False})
+    out = tmp_path / "run"
+    metrics = run_experiment(parse_config(cfg), out, progress=False)
+    meta = json.loads((out / "model" / "model.json").read_text())
+    rule = metrics["protocol"]["threshold_rule"]
+    assert rule["rule"] == "youden" and meta["threshold"] == metrics["protocol"]["threshold"] == rule["threshold"]
+    assert meta["temperature"] == metrics["protocol"]["temperature"] > 0
+    with open(out / "val_predictions.csv") as fh:
+        val = list(csv.DictReader(fh))
+    with open(out / "splits.csv") as fh:
+        n_val = sum(r["role"] == "val" for r in csv.DictReader(fh))
+    assert len(val) == n_val > 0
+    # the stored decision is the validation-chosen threshold applied to the (temperature-scaled) probabilities
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all((float(r["prob_yes"]) >= meta["threshold"]) == (r["pred"] == "yes") for r in rows)

@@ -339,7 +339,8 @@ def test_shipped_studies_validate(name: str, cells: int, baseline: str) -> None:
     if name == "brain_mri_strategies":
         scratch = study.cell("scratch_cnn-lite0").config
         assert (scratch.model.backbone, scratch.model.weights) == ("small_cnn", "none")
-        assert study.cell("gradual-lite2").config.model.backbone == "tf_efficientnet_lite2"
+        assert study.cell("fe_svm-lite2").config.model.backbone == "tf_efficientnet_lite2"
+        assert study.cell("gradual-lite0").config.transfer.schedule[1].unfreeze_from == "blocks.5"
 
 
 # --------------------------------------------------------------------------- real end to end

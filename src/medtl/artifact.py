@@ -36,6 +36,8 @@ class ModelMeta:
     folds: list[str]
     lineage: list[dict]
     config: dict
+    threshold_rule: dict | None = None
+    temperature: float | None = None
 
     @property
     def preprocess(self) -> Preprocessing:

@@ -290,10 +290,24 @@ class PatientLevelConfig(StrictModel):
 
 
 class EvaluateConfig(StrictModel):
-    """How results are computed: bootstrap resamples, threshold and test-time augmentation."""
+    """How results are computed: bootstrap resamples, operating point, calibration, TTA, report."""
+
+    @model_validator(mode="after")
+    def _target_for_rule(self) -> EvaluateConfig:
+        needs = self.threshold_rule in ("sensitivity", "specificity")
+        if needs and self.threshold_target is None:
+            raise ValueError(f"evaluate.threshold_rule '{self.threshold_rule}' needs evaluate.threshold_target, "
+                             "e.g. 0.95")
+        return self
 
     bootstrap: int = Field(1000, ge=0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Operating point chosen on validation data only: 'fixed' uses ``threshold``; 'youden' maximises
+    # sensitivity + specificity - 1; 'sensitivity' / 'specificity' reach ``threshold_target``.
+    threshold_rule: Literal["fixed", "youden", "sensitivity", "specificity"] = "fixed"
+    threshold_target: float | None = Field(None, gt=0.0, le=1.0)
+    temperature_scaling: bool = False
+    report: bool = True
     tta: Literal["none", "hflip"] = "hflip"
     patient_level: PatientLevelConfig | None = None
 

@@ -29,7 +29,9 @@ from medtl.data.strategy import training_dataset
 from medtl.data.transforms import ImageArrayDataset, Normalizer
 from medtl.errors import MedtlError, TrainingError
 from medtl.evaluate.aggregate import patient_level_metrics
+from medtl.evaluate.calibration import apply_temperature, fit_temperature
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
+from medtl.evaluate.threshold import operating_point
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
@@ -69,6 +71,7 @@ class FoldOutcome:
     fit: FitResult
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    val_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
@@ -99,11 +102,27 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) 
         data = prepare_data(cfg, progress)
         write_manifest(out_dir / "splits.csv", data.loaded.table, data.groups, data.folds)
         outcomes, spec = _train_folds(cfg, data, out_dir, progress)
-        metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started)
+        choice = choose_operating_point(cfg, data, outcomes)
+        metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started, choice)
         if stages:
             metrics["stages"] = stages
-        _write_outputs(out_dir, cfg, data, outcomes, metrics, spec)
+        _write_outputs(out_dir, cfg, data, outcomes, metrics, spec, choice)
+        if cfg.evaluate.report:
+            _write_report(out_dir, cfg)
     return metrics
+
+
+def _write_report(out_dir: Path, cfg: ExperimentConfig) -> None:
+    from medtl.report import write_report
+
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    try:
+        path = write_report(out_dir, device=device)
+    except Exception as exc:  # the run's results are written; a report failure must not lose them
+        log.warning("the HTML report could not be written (%s: %s); run `medtl report %s` to retry",
+                    type(exc).__name__, exc, out_dir)
+        return
+    log.info("report: %s", path)
 
 
 def run_bridge_stages(cfg: ExperimentConfig, stage_root: Path,
@@ -174,13 +193,71 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
                 _probe_head(model, spec, cfg, data, fold, bank, seed)
             result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
         artifact.save_fold(out_dir, fold.index, result.model)
-        outcome = FoldOutcome(fold, probs, result, time.perf_counter() - started)
+        outcome = FoldOutcome(fold, probs, result, time.perf_counter() - started,
+                              val_probs=_probs_on(cfg, result.model, spec, data, fold.val, bank))
         outcome.metrics = compute_metrics(data.labels[fold.test], probs, data.positive_index,
                                           cfg.evaluate.threshold)
         log.info("fold %d test: %s", fold.index, _fmt(outcome.metrics))
         outcomes.append(outcome)
     assert spec is not None
     return outcomes, spec
+
+
+def _probs_on(cfg: ExperimentConfig, model: TransferNet, spec: WeightsSpec, data: PreparedData, indices: np.ndarray,
+              bank: tuple[torch.Tensor, torch.Tensor | None] | None) -> np.ndarray:
+    """Probabilities of a trained fold model on ``indices`` (validation images), with the run's TTA."""
+    if len(indices) == 0:
+        return np.zeros((0, len(data.class_names)))
+    if bank is not None:
+        feats, flipped = bank
+        return head_probs(model.head, feats[indices], flipped[indices] if flipped is not None else None)
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    return predict_probs(model, _normalizer(spec), data.loaded.images, indices, cfg.train.batch_size * 2,
+                         cfg.evaluate.tta, device, False)
+
+
+@dataclass
+class OperatingChoice:
+    """The decision rule fixed on validation data: threshold (binary), how it was chosen, temperature."""
+
+    threshold: float
+    rule: dict
+    temperature: float | None = None
+
+
+def choose_operating_point(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome]) -> OperatingChoice:
+    """Fit temperature scaling and choose the threshold on the pooled validation predictions only.
+
+    Test probabilities are rescaled with the fitted temperature and every fold's metrics are
+    recomputed at the chosen threshold, so nothing about the test images informs either choice.
+    """
+    ev = cfg.evaluate
+    val_idx = np.concatenate([o.fold.val for o in outcomes]).astype(np.int64)
+    val_probs = np.concatenate([o.val_probs for o in outcomes]) if len(val_idx) else None
+    temperature = None
+    if ev.temperature_scaling:
+        if val_probs is None:
+            raise MedtlError("evaluate.temperature_scaling needs validation data (data.split.val_fraction > 0)")
+        temperature = fit_temperature(val_probs, data.labels[val_idx], kind="probs")
+        for o in outcomes:
+            o.probs = apply_temperature(o.probs, temperature)
+            o.val_probs = apply_temperature(o.val_probs, temperature) if len(o.val_probs) else o.val_probs
+        val_probs = apply_temperature(val_probs, temperature)
+        log.info("temperature scaling on %d validation predictions: T = %.3f", len(val_idx), temperature)
+    pos = data.positive_index
+    if ev.threshold_rule == "fixed" or pos is None or len(data.class_names) != 2:
+        rule = {"rule": "fixed", "threshold": ev.threshold}
+        threshold = ev.threshold
+    else:
+        if val_probs is None:
+            raise MedtlError(f"evaluate.threshold_rule '{ev.threshold_rule}' needs validation data "
+                             "(data.split.val_fraction > 0)")
+        op = operating_point(data.labels[val_idx] == pos, val_probs[:, pos], ev.threshold_rule, ev.threshold_target)
+        threshold, rule = op.threshold, op.to_dict()
+        log.info("operating point from %d validation predictions: %s", len(val_idx), op.describe())
+    for o in outcomes:
+        o.metrics = compute_metrics(data.labels[o.fold.test], o.probs, pos, threshold)
+    return OperatingChoice(threshold, rule, temperature)
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, WeightsSpec]:
@@ -295,19 +372,20 @@ def _class_weights(cfg: ExperimentConfig, data: PreparedData, fold: Fold) -> tor
 
 
 def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome],
-              spec: WeightsSpec, seconds: float) -> dict:
+              spec: WeightsSpec, seconds: float, choice: OperatingChoice) -> dict:
     idx = np.concatenate([o.fold.test for o in outcomes])
     probs = np.concatenate([o.probs for o in outcomes])
     groups = np.array(data.groups, dtype=object)[idx]
     metrics = summarize(data.labels[idx], probs, groups, data.class_names, data.positive_index,
-                        cfg.evaluate.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
+                        choice.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
     metrics["per_fold"] = per_fold_summary([o.metrics for o in outcomes])
     if cfg.evaluate.patient_level is not None:
         level = cfg.evaluate.patient_level
         metrics["patient_level"] = patient_level_metrics(
             data.labels[idx], probs, groups, data.class_names, data.positive_index, level.method, level.k,
-            cfg.evaluate.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
-    metrics["protocol"] = _protocol(cfg, data)
+            choice.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
+    metrics["protocol"] = _protocol(cfg, data) | {"threshold": choice.threshold, "threshold_rule": choice.rule,
+                                                  "temperature": choice.temperature}
     metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
                        "n_images": len(data.labels), "n_bad": len(data.loaded.bad),
                        "bad": [{"file": f, "reason": r} for f, r in data.loaded.bad]}
@@ -362,9 +440,12 @@ def _protocol(cfg: ExperimentConfig, data: PreparedData) -> dict:
 
 
 def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome],
-                   metrics: dict, spec: WeightsSpec) -> None:
+                   metrics: dict, spec: WeightsSpec, choice: OperatingChoice) -> None:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    _write_predictions(out_dir / "predictions.csv", data, outcomes, cfg.evaluate.threshold)
+    _write_predictions(out_dir / "predictions.csv", data, [(o.fold.index, o.fold.test, o.probs) for o in outcomes],
+                       choice.threshold)
+    _write_predictions(out_dir / "val_predictions.csv", data,
+                       [(o.fold.index, o.fold.val, o.val_probs) for o in outcomes], choice.threshold)
     _write_history(out_dir / "history.csv", outcomes)
     pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
     lineage = [*spec.lineage, {"stage": cfg.name, "weights": spec.name, "weights_sha256": spec.sha256,
@@ -374,23 +455,25 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
         backbone=cfg.model.backbone, head=cfg.model.head.model_dump(), class_names=data.class_names,
         positive_index=data.positive_index, preprocessing=pre.__dict__ | {"mean": list(pre.mean),
                                                                           "std": list(pre.std)},
-        threshold=cfg.evaluate.threshold, tta=cfg.evaluate.tta,
+        threshold=choice.threshold, threshold_rule=choice.rule, temperature=choice.temperature, tta=cfg.evaluate.tta,
         folds=[f"fold{o.fold.index}.safetensors" for o in outcomes], lineage=lineage,
         config=cfg.model_dump(mode="json"))
     artifact.save_meta(out_dir, meta)
     log.info("trainable parameters at the end: %s", f"{count(outcomes[-1].fit.model, True):,}")
 
 
-def _write_predictions(path: Path, data: PreparedData, outcomes: list[FoldOutcome], threshold: float) -> None:
+def _write_predictions(path: Path, data: PreparedData, parts: list[tuple[int, np.ndarray, np.ndarray]],
+                       threshold: float) -> None:
+    """One row per (fold, image): labels, group, probabilities and the decision at ``threshold``."""
     names = data.class_names
     samples = data.loaded.table.samples
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "path", "fold", "label", "class_name", "group", *[f"prob_{n}" for n in names],
                          "pred"])
-        for o in outcomes:
-            for i, p in zip(o.fold.test, o.probs, strict=True):
-                writer.writerow([samples[i].id, samples[i].path, o.fold.index, int(data.labels[i]),
+        for fold, indices, probs in parts:
+            for i, p in zip(indices, probs, strict=True):
+                writer.writerow([samples[i].id, samples[i].path, fold, int(data.labels[i]),
                                  names[data.labels[i]], data.groups[i], *[f"{v:.9g}" for v in p],
                                  names[_predict(p, data.positive_index, threshold)]])
 

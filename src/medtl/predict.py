@@ -63,6 +63,10 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
 def _ensemble(models: list, meta: artifact.ModelMeta, images: np.ndarray) -> np.ndarray:
     idx = np.arange(len(images))
     runs = [predict_probs(m, meta.normalizer(), images, idx, tta=meta.tta) for m in models]
+    if meta.temperature:  # the run's validation-fitted temperature, applied per fold model as in training
+        from medtl.evaluate.calibration import apply_temperature
+
+        runs = [apply_temperature(r, meta.temperature) for r in runs]
     return np.mean(runs, axis=0)
 
 
