@@ -229,3 +229,28 @@ def test_operating_point_and_temperature_come_from_validation(brain_mri: Path, t
     with open(out / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert all((float(r["prob_yes"]) >= meta["threshold"]) == (r["pred"] == "yes") for r in rows)
+
+
+def test_prefix_cache_matches_full_training_without_augmentation(brain_mri: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
+    results = {}
+    for cached in (False, True):
+        cfg = tiny_config(brain_mri, transfer={"strategy": "fine_tune", "unfreeze_from": "blocks.5"},
+                          train={"lr": 0.0003, "prefix_cache": cached, "cache_dtype": "float32"})
+        results[cached] = run_experiment(parse_config(cfg), tmp_path / f"run{cached}", progress=False)
+    for key in KEYS:
+        assert results[True][key]["value"] == pytest.approx(results[False][key]["value"], abs=1e-3), key
+    assert any((tmp_path / "cache").rglob("*.npy"))  # the activations were stored on disk
+
+
+def test_prefix_cache_with_augmented_views_learns(brain_mri: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(brain_mri, data={"augment": {"hflip": True, "rotate": 10}},
+                      transfer={"strategy": "gradual", "schedule": [{"epoch": 0, "unfreeze_from": "head"},
+                                                                    {"epoch": 1, "unfreeze_from": "blocks.5"}]},
+                      train={"lr": 0.0003, "prefix_cache": True, "cache_views": 3})
+    metrics = run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+    assert metrics["auc"]["value"] > 0.6
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4  # views 0, 1, 2 and the mirrored view 0

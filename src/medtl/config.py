@@ -272,6 +272,13 @@ class TrainConfig(StrictModel):
     backbone_lr_mult: float = Field(1.0, gt=0.0, le=1.0)
     lr_mults: dict[str, float] = Field(default_factory=dict)
     grad_clip: float | None = Field(None, gt=0.0)
+    # Frozen-prefix cache (fine_tune from a cut point, gradual, truncated): the frozen layers run once
+    # per image and view, on disk ($MEDTL_CACHE), and only the trainable suffix trains. With
+    # augmentation, training draws one of ``cache_views`` precomputed views per image and epoch
+    # (view 0 = the unaugmented image) instead of a fresh random augmentation.
+    prefix_cache: bool = False
+    cache_views: int = Field(4, ge=1, le=64)
+    cache_dtype: Literal["float16", "float32"] = "float16"
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"

@@ -338,6 +338,10 @@ def _fit_head(model: TransferNet, cfg: ExperimentConfig, data: PreparedData, fol
 
 def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData,
               fold: Fold, seed: int, progress: bool, out_dir: Path) -> tuple[FitResult, np.ndarray]:
+    if cfg.train.prefix_cache:
+        cached = _fit_cached(model, spec, cfg, data, fold, seed, progress, out_dir)
+        if cached is not None:
+            return cached
     normalizer = _normalizer(spec)
     images = data.loaded.images
     gradual = cfg.transfer.strategy == "gradual"
@@ -355,6 +359,59 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
     probs = predict_probs(result.model, normalizer, images, fold.test, cfg.train.batch_size * 2,
                           cfg.evaluate.tta, device, progress)
     return result, probs
+
+
+def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
+                seed: int, progress: bool, out_dir: Path) -> tuple[FitResult, np.ndarray] | None:
+    """Train only the part above the frozen prefix, on cached prefix activations (``train.prefix_cache``).
+
+    Returns None (the caller trains the whole network) when nothing is frozen or offline augmented
+    copies (``data.strategy``) are in use.
+    """
+    from medtl.data.transforms import build_augment
+    from medtl.transfer import prefix_cache as pc
+
+    cut = pc.cache_cut(model.backbone, cfg.transfer)
+    if cut in (None, "head") or cfg.data.strategy.expand:
+        log.info("train.prefix_cache: nothing frozen to cache here (cut %s); training the whole network", cut)
+        return None
+    split = pc.split_at(model.backbone, cut)
+    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+    key = pc.prefix_key(split, cfg.model.backbone, pre, cfg.data.augment, seed=cfg.train.seed)
+    augment = build_augment(cfg.data.augment)
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    cache = pc.ActivationCache(dtype=cfg.train.cache_dtype)
+    images, normalizer = data.loaded.images, _normalizer(spec)
+    views = pc.prefix_views(cache, split, key, images, normalizer, range(cfg.train.cache_views if augment else 1),
+                            augment, device=device, progress=progress)
+    flipped = (pc.prefix_views(cache, split, key, images, normalizer, ["hflip"], device=device)[0]
+               if cfg.evaluate.tta == "hflip" else None)
+    net = TransferNet(split.suffix, model.head)
+    net.freeze_bn_stats = model.freeze_bn_stats
+    gradual = cfg.transfer.strategy == "gradual"
+    module = ClassifierModule(net, cfg.train.model_copy(update={"lr_mults": _suffix_mults(net, cfg)}),
+                              data.positive_index, _class_weights(cfg, data, fold), prepare=pc.activation_prepare,
+                              include_frozen=gradual,
+                              lr_mults=step_lr_mults(net, cfg.transfer.schedule, cfg.train.lr) if gradual else None)
+    train = pc.PrefixViewsDataset(views, fold.train, data.labels, seed)
+    val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
+    callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
+    log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
+    try:
+        result = fit(module, train, val, cfg.train, seed, progress, callbacks)
+    except TrainingError as exc:
+        raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
+    probs = pc.predict_cached(result.model, views[0], fold.test, flipped, device=device)
+    result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
+    return result, probs
+
+
+def _suffix_mults(net: TransferNet, cfg: ExperimentConfig) -> dict[str, float]:
+    """``train.lr_mults`` entries that name layers of the trainable suffix (the prefix is frozen)."""
+    from medtl.transfer.cuts import cut_points
+
+    points = cut_points(net.backbone)
+    return {k: v for k, v in cfg.train.lr_mults.items() if any(p == k or p.startswith(k + ".") for p in points)}
 
 
 def _save_last_good(exc: TrainingError, out_dir: Path, fold: Fold) -> str:
