@@ -8,6 +8,7 @@ values raise :class:`~medtl.errors.ConfigError` with a did-you-mean suggestion.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -402,18 +403,36 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set '{assignment}': expected dotted.key=value, e.g. train.lr=0.001")
     key, raw = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
+    key = ".".join(p for p in key.strip().split(".") if p)
+    if not key:
         raise ConfigError(f"--set '{assignment}': empty key")
+    set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() else None, f"--set '{assignment}'", merge=False)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, source: str = "<config>", merge: bool = True) -> None:
+    """Set ``a.b.c`` in a nested mapping in place, creating blocks; with ``merge`` mappings merge into mappings."""
+    parts = key.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set '{assignment}': '{part}' is a value, not a block")
+            raise ConfigError(f"{source}: cannot set '{key}': '{part}' holds a value ({child!r}), not a block")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    leaf = parts[-1]
+    if merge and isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        node[leaf] = _merge(node[leaf], value)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(old)
+    for key, value in new.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else copy.deepcopy(value)
+    return out
 
 
 def parse_config(tree: dict[str, Any], source: str = "<config>") -> ExperimentConfig:

@@ -44,7 +44,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medtl.config import ExperimentConfig, parse_config, resolve_paths
+from medtl.config import ExperimentConfig, parse_config, resolve_paths, set_dotted
 from medtl.errors import ConfigError, MedtlError
 from medtl.evaluate.compare import (
     TEST_COLUMNS,
@@ -406,32 +406,6 @@ def cell_config(base: dict[str, Any], overrides: list[tuple[str, Any]], name: st
     for key, value in overrides:
         set_dotted(tree, key, value, source)
     return resolve_paths(parse_config(tree, source), config_dir)
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any, source: str = "<study>") -> None:
-    """Set ``a.b.c`` in a nested mapping in place, creating blocks; mappings merge into mappings."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: cannot set '{key}': '{part}' holds a value ({child!r}), not a block")
-        node = child
-    leaf = parts[-1]
-    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        node[leaf] = _merge(node[leaf], value)
-    else:
-        node[leaf] = copy.deepcopy(value)
-
-
-def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    out = dict(old)
-    for key, value in new.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both else copy.deepcopy(value)
-    return out
 
 
 def _group_errors(errors: dict[str, str], total: int, source: str) -> str:
