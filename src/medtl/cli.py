@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning with CNNs for medical image classification.")
 weights_app = typer.Typer(no_args_is_help=True, help="The weights registry.")
 app.add_typer(weights_app, name="weights")
+cache_app = typer.Typer(no_args_is_help=True, help="The frozen-prefix activation cache (train.prefix_cache).")
+app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
 out = Console()
 
@@ -297,6 +299,73 @@ def report(target: Annotated[Path, typer.Argument(help="A run directory or a stu
     except MedtlError as exc:
         _fail(exc)
     out.print(f"report written to {path}")
+
+
+_CACHE_ROOT = typer.Option("--root", help="Cache folder (default: $MEDTL_CACHE/activations or "
+                           "~/.cache/medtl/activations).")
+
+
+@cache_app.command("info")
+def cache_info(root: Annotated[Path | None, _CACHE_ROOT] = None,
+               entries: Annotated[bool, typer.Option("--entries", help="List every entry.")] = False) -> None:
+    """Where the activation cache is, and how many entries and bytes it holds."""
+    from medtl.transfer.prefix_cache import ActivationCache, default_root
+
+    folder = root or default_root()
+    if not folder.is_dir():
+        out.print(f"root: {folder}\nentries: 0\nbytes: 0 (the folder does not exist yet)")
+        return
+    try:
+        cache = ActivationCache(folder)
+        info = cache.info()
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(f"root: {info.root}\nentries: {info.entries}\nbytes: {info.bytes:,} ({_size(info.bytes)})")
+    if entries and info.entries:
+        out.print(_cache_table(cache.entries()))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _cache_table(rows: list[dict]) -> Table:
+    import time
+
+    table = Table(title="activation cache entries (most recently used first)")
+    for col in ("digest", "backbone", "cut", "view", "images", "shape", "size", "last used"):
+        table.add_column(col)
+    for row in rows:
+        parts = row.get("parts") or {}
+        table.add_row(str(row["digest"])[:12], str(parts.get("backbone", "?")), str(parts.get("cut", "?")),
+                      str(row.get("view", "?")), str(row.get("images", "?")), "×".join(map(str, row.get("shape", []))),
+                      _size(int(row["bytes"])), time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"])))
+    return table
+
+
+@cache_app.command("clear")
+def cache_clear(root: Annotated[Path | None, _CACHE_ROOT] = None,
+                yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
+    """Delete every cached activation entry (they are recomputed when next needed)."""
+    from medtl.transfer.prefix_cache import ActivationCache, default_root
+
+    folder = root or default_root()
+    if not folder.is_dir():
+        out.print(f"nothing to clear: {folder} does not exist")
+        return
+    try:
+        cache = ActivationCache(folder)
+        info = cache.info()
+        if not yes:
+            typer.confirm(f"delete {info.entries} entries ({_size(info.bytes)}) under {folder}?", abort=True)
+        removed, size = cache.clear()
+    except MedtlError as exc:
+        _fail(exc)
+    out.print(f"removed {removed} entries ({size:,} bytes, {_size(size)}) from {folder}")
 
 
 if __name__ == "__main__":
