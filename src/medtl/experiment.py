@@ -189,7 +189,7 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
             _probe_head(model, spec, cfg, data, fold, bank, seed)
             result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
         else:
-            if cfg.transfer.head_init == "linear_probe" and cfg.transfer.strategy != "scratch":
+            if _probe_first(cfg) and not cfg.train.prefix_cache:  # the cached path probes on cached features
                 _probe_head(model, spec, cfg, data, fold, bank, seed)
             result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
         artifact.save_fold(out_dir, fold.index, result.model)
@@ -267,6 +267,11 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, W
                         cfg.model.drop_path_rate, truncate_at)
 
 
+def _probe_first(cfg: ExperimentConfig) -> bool:
+    """Start the head from a linear probe (LP-FT) — not for random (scratch) features."""
+    return cfg.transfer.head_init == "linear_probe" and cfg.transfer.strategy != "scratch"
+
+
 def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
     """Frozen backbone and no augmentation: the backbone's output never changes, compute it once.
 
@@ -342,6 +347,8 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
         cached = _fit_cached(model, spec, cfg, data, fold, seed, progress, out_dir)
         if cached is not None:
             return cached
+        if _probe_first(cfg):
+            _probe_head(model, spec, cfg, data, fold, None, seed)
     normalizer = _normalizer(spec)
     images = data.loaded.images
     gradual = cfg.transfer.strategy == "gradual"
@@ -386,6 +393,9 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
                             augment, device=device, progress=progress)
     flipped = (pc.prefix_views(cache, split, key, images, normalizer, ["hflip"], device=device)[0]
                if cfg.evaluate.tta == "hflip" else None)
+    if _probe_first(cfg):  # LP-FT on the cached activations: only the suffix runs
+        feats = pc.run_cached(split.suffix, views[0], fold.train, device=device).cpu()
+        init_head(model.head, feats, data.labels[fold.train], len(data.class_names), cfg.transfer.probe_c, seed)
     net = TransferNet(split.suffix, model.head)
     net.freeze_bn_stats = model.freeze_bn_stats
     gradual = cfg.transfer.strategy == "gradual"
