@@ -511,17 +511,40 @@ class Measured:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log_path: Path) -> Measured:
-    """Run ``cmd`` with its output in ``log_path``; peak RSS from ``wait4`` (this child and its waited-for
-    descendants, not the benchmark process)."""
+    """Run ``cmd`` with its output in ``log_path``; peak RSS of that process.
+
+    On Linux the child's ``ru_maxrss`` from ``wait4`` starts at the RSS of the forking process (the
+    high-water mark survives ``execve``), so a big parent (a test session) inflates it. The peak is
+    therefore read from ``/proc/PID/status`` (VmHWM, reset by ``execve``) while the child runs;
+    ``ru_maxrss`` is the fallback where ``/proc`` is missing.
+    """
     with open(log_path, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0
+        status_file = Path(f"/proc/{proc.pid}/status")
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, _vm_hwm(status_file))
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-    return Measured(seconds, usage.ru_maxrss * scale, proc.returncode, tail)
+    return Measured(seconds, peak or usage.ru_maxrss * scale, proc.returncode, tail)
+
+
+def _vm_hwm(status_file: Path) -> int:
+    """Peak resident bytes of a running process from /proc (0 when unavailable)."""
+    try:
+        for line in status_file.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def medtl_executable() -> str:

@@ -96,7 +96,7 @@ def test_exit_code_with_check() -> None:
 
 
 def test_run_measured_reports_wall_time_and_peak_rss(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-c", "b = b'x' * 300_000_000; print(len(b))"]
+    cmd = [sys.executable, "-c", "import time; b = b'x' * 300_000_000; time.sleep(0.5); print(len(b))"]
     m = cases.run_measured(cmd, dict(os.environ), tmp_path / "log.txt")
     assert m.returncode == 0 and m.log_tail.strip() == "300000000"
     assert 0.3e9 <= m.peak_rss_bytes < 2e9
@@ -105,7 +105,8 @@ def test_run_measured_reports_wall_time_and_peak_rss(tmp_path: Path) -> None:
 
 FAKE_MEDTL = """\
 #!{python}
-import json, pathlib, sys
+import json, pathlib, sys, time
+time.sleep(0.3)  # long enough for the benchmark to read the process's peak RSS from /proc
 command, out = sys.argv[1], pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
 if command == "demo":
     for name in ("demo-feature-extraction-x", "demo-fine-tune-x"):
