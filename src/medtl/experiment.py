@@ -470,16 +470,24 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
 
 
 def collapse_warnings(metrics: dict, labels: np.ndarray) -> list[str]:
-    """Say so when a model predicts (almost) one class: accuracy at the majority rate and AUC < 0.6."""
+    """Say so when a model predicts (almost) one class.
+
+    Either accuracy sits at the majority rate with AUC < 0.6, or (binary) one class is almost never
+    predicted: sensitivity or specificity below 0.1 (e.g. a from-scratch CNN calling every image positive).
+    """
     majority = float(np.bincount(labels).max() / len(labels))
     accuracy, auc = metrics["accuracy"]["value"], metrics["auc"]["value"]
-    if accuracy is not None and abs(accuracy - majority) < 0.01 and (auc is None or auc < 0.6):
-        message = (f"the model collapsed to (almost) one class: accuracy {accuracy:.3f} equals the majority "
-                   f"rate {majority:.3f} and AUC is {auc if auc is None else round(auc, 3)}; try a lower "
-                   "train.lr, more epochs, class_weights: balanced, or another strategy")
-        log.warning(message)
-        return [message]
-    return []
+    sens, spec = metrics["sensitivity"]["value"], metrics["specificity"]["value"]
+    at_majority = accuracy is not None and abs(accuracy - majority) < 0.01 and (auc is None or auc < 0.6)
+    one_sided = any(v is not None and v < 0.1 for v in (sens, spec))
+    if not (at_majority or one_sided):
+        return []
+    message = (f"the model collapsed to (almost) one class: accuracy {accuracy:.3f} (majority rate {majority:.3f}), "
+               f"sensitivity {sens if sens is None else round(sens, 3)}, specificity "
+               f"{spec if spec is None else round(spec, 3)}, AUC {auc if auc is None else round(auc, 3)}; try a lower "
+               "train.lr, more epochs, class_weights: balanced, another threshold rule, or another strategy")
+    log.warning(message)
+    return [message]
 
 
 def truncation_report(cfg: ExperimentConfig, truncated: TransferNet) -> dict:
