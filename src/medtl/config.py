@@ -445,18 +445,23 @@ def parse_config(tree: dict[str, Any], source: str = "<config>") -> ExperimentCo
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """A YAML file's tree (``{}`` when empty), or a :class:`ConfigError` naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file, apply ``--set`` overrides and validate it.
 
     Relative data paths are resolved against the config file's folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    tree = read_yaml(path, "config file")
     for assignment in overrides or []:
         apply_override(tree, assignment)
     cfg = parse_config(tree, str(path))

@@ -44,7 +44,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medtl.config import ExperimentConfig, parse_config, resolve_paths, set_dotted
+from medtl.config import ExperimentConfig, parse_config, read_yaml, resolve_paths, set_dotted
 from medtl.errors import ConfigError, MedtlError
 from medtl.evaluate.compare import (
     TEST_COLUMNS,
@@ -146,12 +146,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         ConfigError: On any problem, naming the file, the cell and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    tree = read_yaml(path, "study file")
     study = parse_study(tree, path.parent, str(path), overrides)
     study.source = path
     return study
