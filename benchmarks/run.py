@@ -2,7 +2,7 @@
 """medtl's performance suite: each figure is a ratio (or a wall time) measured in this one run.
 
     python benchmarks/run.py --quick                       # (a)-(d) on reduced settings, < 10 min on 2 cores
-    python benchmarks/run.py --out bench.json              # the full suite (a)-(f)
+    python benchmarks/run.py --out bench.json              # the full suite (a)-(g)
     python benchmarks/run.py --only a,b --markdown         # a Markdown table instead of JSON on stdout
     python benchmarks/run.py --from-json bench.json --markdown   # render a stored result again
     python benchmarks/run.py --dry-run                     # validate every config and command, measure nothing
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reduced settings, (a)-(d) only (< 10 min on 2 cores)")
-    p.add_argument("--only", help="comma-separated benchmark letters, e.g. a,b (default: a-f, or a-d with --quick)")
+    p.add_argument("--only", help="comma-separated benchmark letters, e.g. a,b (default: a-g, or a-d with --quick)")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     p.add_argument("--data", type=Path, help="datasets folder (default: medtl.config.data_root(), i.e. $MEDTL_DATA)")

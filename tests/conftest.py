@@ -29,6 +29,18 @@ def brain_mri(datasets: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite never writes into the user's ``~/.cache/medtl``: one temporary cache for the session.
+
+    The decoded-image cache then also shares decoded images between tests (as between study cells).
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDTL_CACHE", str(tmp_path_factory.mktemp("medtl-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

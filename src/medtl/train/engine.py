@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import numpy as np
+import sklearn
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -86,7 +87,8 @@ class ClassifierModule(L.LightningModule):
         y = torch.cat([v[1] for v in self._val])
         self._val.clear()
         probs = logits.softmax(1).numpy()
-        scores = compute_metrics(y.numpy(), probs, self.positive_index)
+        with sklearn.config_context(skip_parameter_validation=True):  # per epoch: validated inputs, no overhead
+            scores = compute_metrics(y.numpy(), probs, self.positive_index)
         self.log("val_loss", float(nn.functional.cross_entropy(logits, y)))
         self.log("val_accuracy", scores["accuracy"])
         self.log("val_auc", _nan_to(scores["auc"], 0.0))
@@ -299,6 +301,16 @@ def accelerator(cfg: TrainConfig) -> str:
     return "gpu" if cfg.device == "cuda" else "cpu"
 
 
+def lightning_precision(cfg: TrainConfig) -> str:
+    """Lightning's ``precision`` for ``train.precision`` on the chosen accelerator."""
+    gpu = accelerator(cfg) == "gpu"
+    if cfg.precision == "auto":
+        return "16-mixed" if gpu else "32-true"
+    if cfg.precision == "16-mixed" and not gpu:
+        raise TrainingError("train.precision '16-mixed' needs a GPU; on CPU use 'bf16' or '32'")
+    return {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "16-mixed"}[cfg.precision]
+
+
 def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
     """A DataLoader sized to the machine: in-process on CPU, workers on GPU."""
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if torch.cuda.is_available() else 0)
@@ -336,12 +348,14 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         enable_progress_bar=progress, callbacks=[*(callbacks or []), keeper], deterministic=True,
         gradient_clip_val=cfg.grad_clip,
-        precision="16-mixed" if accelerator(cfg) == "gpu" else "32-true")
+        precision=lightning_precision(cfg))
     train_loader = loader(train, cfg, shuffle=True, seed=seed)
     val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None
     # Lightning keeps each module's train/eval mode as it finds it; a backbone used for a linear
     # probe or a feature bank is in eval mode, so set the modes the transfer policy asks for.
     module.model.train()
+    if cfg.compile:
+        module.model.compile()  # in place: parameter names (and saved state dicts) stay the same
     try:
         trainer.fit(module, train_loader, val_loader)
     except TrainingError as exc:

@@ -8,6 +8,7 @@ from rich.progress import track
 from torch import nn
 
 from medtl.data.transforms import Normalizer
+from medtl.train.fast import FastForward
 
 
 def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: str | None = None):
@@ -23,31 +24,40 @@ def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: st
 @torch.inference_mode()
 def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
                   batch_size: int = 64, tta: str = "none", device: str = "cpu",
-                  progress: bool = False) -> np.ndarray:
-    """Softmax probabilities ``(len(indices), K)``; ``tta='hflip'`` averages with the mirrored image."""
+                  progress: bool = False, fast: bool = True) -> np.ndarray:
+    """Softmax probabilities ``(len(indices), K)``; ``tta='hflip'`` averages with the mirrored image.
+
+    ``fast``: run the model traced and frozen on CPU (:mod:`medtl.train.fast`).
+    """
     model = model.to(device).eval()
+    run = FastForward(model, len(indices) * (2 if tta == "hflip" else 1), fast)
     out = []
     for batch in _batches(images, np.asarray(indices), batch_size, "predicting" if progress else None):
         x = normalizer(batch.to(device))
-        probs = model(x).float().softmax(1)
+        probs = run(x).float().softmax(1)
         if tta == "hflip":
-            probs = 0.5 * (probs + model(torch.flip(x, dims=[3])).float().softmax(1))
+            probs = 0.5 * (probs + run(torch.flip(x, dims=[3])).float().softmax(1))
         out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 @torch.inference_mode()
 def embed(backbone: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
-          batch_size: int = 64, flip: bool = False, device: str = "cpu", progress: bool = False) -> torch.Tensor:
-    """Pooled backbone features ``(len(indices), D)`` of the (optionally mirrored) images."""
+          batch_size: int = 64, flip: bool = False, device: str = "cpu", progress: bool = False,
+          fast: bool = True) -> torch.Tensor:
+    """Pooled backbone features ``(len(indices), D)`` of the (optionally mirrored) images.
+
+    ``fast``: run the backbone traced and frozen on CPU (:mod:`medtl.train.fast`).
+    """
     backbone = backbone.to(device).eval()
+    run = FastForward(backbone, len(indices), fast)
     out = []
     label = ("embedding (mirrored)" if flip else "embedding") if progress else None
     for batch in _batches(images, np.asarray(indices), batch_size, label):
         x = normalizer(batch.to(device))
         if flip:
             x = torch.flip(x, dims=[3])
-        out.append(backbone(x).float().cpu())
+        out.append(run(x).float().cpu())
     return torch.cat(out)
 
 

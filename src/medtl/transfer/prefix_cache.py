@@ -50,6 +50,7 @@ from torch.utils.data import Dataset
 from medtl.config import AugmentConfig, TransferConfig
 from medtl.data.transforms import Normalizer
 from medtl.errors import ConfigError, MedtlError
+from medtl.train.fast import FastForward
 from medtl.transfer.cuts import _walk, check_cut_point, cut_points
 
 log = logging.getLogger(__name__)
@@ -556,10 +557,11 @@ def view_images(images: np.ndarray, indices: np.ndarray, view: View, augment: Ca
 
 def prefix_batches(prefix: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
                    view: View = 0, augment: Callable | None = None, seed: int = 0, batch_size: int = 64,
-                   device: str = "cpu", progress: bool = False) -> Iterator[torch.Tensor]:
+                   device: str = "cpu", progress: bool = False, fast: bool = True) -> Iterator[torch.Tensor]:
     """Prefix activations of ``view`` of ``images[indices]``, batch by batch (eval, inference mode).
 
-    The prefix is moved to ``device`` for the computation and back afterwards.
+    The prefix is moved to ``device`` for the computation and back afterwards; ``fast`` runs it
+    traced and frozen on CPU (:mod:`medtl.train.fast`).
     """
     home = next(prefix.parameters(), torch.empty(0)).device
     starts = range(0, len(indices), batch_size)
@@ -568,22 +570,25 @@ def prefix_batches(prefix: nn.Module, normalizer: Normalizer, images: np.ndarray
     prefix.to(device)
     try:
         with _eval_mode(prefix):
+            run = FastForward(prefix, len(indices), fast)
             for start in starts:
                 x = view_images(images, indices[start:start + batch_size], view, augment, seed)
-                yield _forward(prefix, normalizer, x, device)
+                yield _forward(run, normalizer, x, device)
     finally:
         prefix.to(home)
 
 
 @torch.inference_mode()
-def _forward(prefix: nn.Module, normalizer: Normalizer, x: torch.Tensor, device: str) -> torch.Tensor:
+def _forward(prefix: Callable[[torch.Tensor], torch.Tensor], normalizer: Normalizer, x: torch.Tensor,
+             device: str) -> torch.Tensor:
     # Not a `with` around the generator's yield: inference mode is thread state and would leak to the caller.
     return prefix(normalizer(x.to(device))).float().cpu()
 
 
 def prefix_views(cache: ActivationCache, split: PrefixSplit, key: PrefixKey, images: np.ndarray,
                  normalizer: Normalizer, views: Sequence[View] = (0,), augment: Callable | None = None,
-                 batch_size: int = 64, device: str = "cpu", progress: bool = False) -> list[np.ndarray]:
+                 batch_size: int = 64, device: str = "cpu", progress: bool = False,
+                 fast: bool = True) -> list[np.ndarray]:
     """One cached block ``(len(images), ...)`` per view, over all images (so every fold shares them).
 
     Args:
@@ -597,13 +602,14 @@ def prefix_views(cache: ActivationCache, split: PrefixSplit, key: PrefixKey, ima
         batch_size: Images per prefix forward.
         device: Where the prefix runs on a miss.
         progress: Show a progress bar while computing.
+        fast: Run the prefix traced and frozen on CPU (:mod:`medtl.train.fast`).
     """
     indices = np.arange(len(images))
     content = images_sha256(images, indices)
 
     def compute(imgs: np.ndarray, idx: np.ndarray, view: View) -> Iterator[torch.Tensor]:
         return prefix_batches(split.prefix, normalizer, imgs, idx, view, augment, key.seed, batch_size, device,
-                              progress)
+                              progress, fast)
 
     return [cache.get_or_compute(key, images, indices, compute, view, content) for view in views]
 
