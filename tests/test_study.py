@@ -235,13 +235,18 @@ def test_resume_runs_only_unfinished_cells(tmp_path: Path, fake: FakeRun) -> Non
     assert not (out / "cells" / "ft-0" / "stale.txt").exists(), "an unfinished cell is re-run from scratch"
 
 
+def changed_ft_axes() -> dict[str, Any]:
+    """The default axes of :func:`write_study` with the ``ft`` cells' learning rate changed."""
+    return {"strategy": {"fe": {"transfer.strategy": "feature_extraction"},
+                         "ft": {"transfer.strategy": "fine_tune", "train.lr": 0.001}},
+            "seed": {"key": "train.seed", "values": [0, 1]}}
+
+
 def test_identical_cells_of_another_study_are_reused(tmp_path: Path, fake: FakeRun) -> None:
     first = tmp_path / "first"
     run_study(load_study(write_study(tmp_path)), first, progress=False)
     fake.calls.clear()
-    axes = {"strategy": {"fe": {"transfer.strategy": "feature_extraction"},
-                         "ft": {"transfer.strategy": "fine_tune", "train.lr": 0.001}},
-            "seed": {"key": "train.seed", "values": [0, 1]}}
+    axes = changed_ft_axes()
     path, second = write_study(tmp_path, name="other", axes=axes, reuse=[str(first)]), tmp_path / "second"
     result = run_study(load_study(path), second, progress=False)
     assert fake.calls == ["ft-0", "ft-1"], "the fe cells are the first study's, by config (the names differ)"
@@ -258,9 +263,7 @@ def test_changed_cells_are_re_run(tmp_path: Path, fake: FakeRun) -> None:
     out = tmp_path / "out"
     run_study(load_study(write_study(tmp_path)), out, progress=False)
     fake.calls.clear()
-    axes = {"strategy": {"fe": {"transfer.strategy": "feature_extraction"},
-                         "ft": {"transfer.strategy": "fine_tune", "train.lr": 0.001}},
-            "seed": {"key": "train.seed", "values": [0, 1]}}
+    axes = changed_ft_axes()
     run_study(load_study(write_study(tmp_path, axes=axes)), out, progress=False)
     assert fake.calls == ["ft-0", "ft-1"]
     fake.calls.clear()
