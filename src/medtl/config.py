@@ -257,6 +257,10 @@ class EarlyStoppingConfig(StrictModel):
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
     tie_tolerance: float | None = Field(None, ge=0.0, le=0.5)
+    # An epoch within ``tie_tolerance`` of the best score is a tie: with 'later' it replaces the kept
+    # weights and resets patience (the schedule's later, lower-LR epoch wins what validation cannot
+    # separate; measured in docs/results.md); with 'lower_loss' only when its validation loss is lower.
+    ties: Literal["later", "lower_loss"] = "later"
     min_epochs: int | None = Field(None, ge=0)
 
 
@@ -284,6 +288,9 @@ class TrainConfig(StrictModel):
     cache_views: int = Field(4, ge=1, le=64)
     cache_dtype: Literal["float16", "float32"] = "float16"
     warmup_epochs: float = Field(1.0, ge=0.0)
+    # Exponential moving average of the weights (timm's ModelEmaV3, decay warm-up on): validation,
+    # early stopping and the saved model use the averaged weights. ``None`` = off.
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     early_stopping: EarlyStoppingConfig | None = None

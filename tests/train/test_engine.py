@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from medtl.config import EarlyStoppingConfig, TrainConfig
 from medtl.errors import TrainingError
 from medtl.train.engine import (
+    BestWeights,
     ClassifierModule,
     class_weights_for,
     fit,
@@ -255,3 +256,105 @@ def test_compile_keeps_parameter_names(monkeypatch: pytest.MonkeyPatch) -> None:
                  progress=False)
     assert compiled == [net]
     assert set(result.model.state_dict()) == {"0.weight", "0.bias"}
+
+
+# ---------------------------------------------------------------- weight EMA
+
+
+class StepRecorder(ClassifierModule):
+    """Keeps a copy of the live weights after every optimizer step."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.steps.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+
+def test_ema_weights_are_the_warmed_up_moving_average_of_the_steps() -> None:
+    from timm.utils.model_ema import ModelEmaV3
+
+    torch.manual_seed(0)
+    cfg = config(epochs=3, batch_size=20, ema_decay=0.9)
+    module = StepRecorder(nn.Linear(2, 2), cfg, positive_index=1)
+    result = fit(module, blobs(100, seed=1), None, cfg, seed=0, progress=False)
+    assert len(module.steps) == 15
+    decay = ModelEmaV3(nn.Linear(2, 2), decay=0.9, use_warmup=True).get_decay  # timm's own schedule
+    expected = {k: v.clone() for k, v in module.steps[0].items()}  # step 1 has decay 0: a copy
+    for step, state in enumerate(module.steps[1:], start=2):
+        d = decay(step)
+        assert 0.0 < d <= 0.9
+        expected = {k: d * expected[k] + (1 - d) * state[k] for k in state}
+    final = result.model.state_dict()
+    for key in expected:
+        torch.testing.assert_close(final[key], expected[key])
+        assert not torch.allclose(final[key], module.steps[-1][key])  # not the live weights
+
+
+def test_ema_is_what_validation_scores_and_early_stopping_keeps() -> None:
+    torch.manual_seed(0)
+    cfg = config(epochs=4, lr=0.01, ema_decay=0.8, early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=10))
+    val = blobs(60, seed=2)
+    module = Recorder(nn.Linear(2, 2), cfg, positive_index=1)
+    result = fit(module, blobs(100, seed=1), val, cfg, seed=0, progress=False)
+    x, y = val.tensors
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(result.model(x), y))
+        live = module.states[result.best_epoch]
+        live_loss = float(nn.functional.cross_entropy(nn.functional.linear(x, live["weight"], live["bias"]), y))
+    assert loss == pytest.approx(result.history[result.best_epoch]["val_loss"], rel=1e-5)
+    assert loss != pytest.approx(live_loss, rel=1e-3)
+
+
+# ---------------------------------------------------------------- ties in best-weights selection
+
+
+def _replay(keeper: BestWeights, scores: list[float], losses: list[float], se: float = 0.03) -> list[int]:
+    """Feed per-epoch validation scores to ``keeper``; returns the epochs it trained (stops honoured)."""
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(model=nn.Linear(1, 1))
+    trained = []
+    for epoch, (score, loss) in enumerate(zip(scores, losses, strict=True)):
+        with torch.no_grad():
+            module.model.weight.fill_(float(epoch))  # the kept state tells which epoch it came from
+        trainer = SimpleNamespace(current_epoch=epoch, should_stop=False, callback_metrics={
+            "val_auc": torch.tensor(score), "val_loss": torch.tensor(loss), "val_auc_se": torch.tensor(se)})
+        keeper.on_train_epoch_end(trainer, module)
+        trained.append(epoch)
+        if trainer.should_stop:
+            break
+    assert int(keeper.best_state["weight"].item()) == keeper.best_epoch
+    return trained
+
+
+SCORES = [0.90, 0.95, 0.93, 0.94, 0.925, 0.96, 0.85, 0.84, 0.83, 0.82, 0.81]
+LOSSES = [0.50, 0.40, 0.30, 0.45, 0.35, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00]
+
+
+def test_later_ties_keep_the_last_epoch_validation_cannot_tell_apart() -> None:
+    keeper = BestWeights("val_auc", patience=2, tie_tolerance=None, ties="later")
+    trained = _replay(keeper, SCORES, LOSSES)
+    # 0.93, 0.94 and 0.925 are within one SE (0.03) of 0.95: each replaces the kept weights and resets
+    # patience; 0.96 is a new best; 0.85 and 0.84 are clearly worse: stop after two of them.
+    assert keeper.best_epoch == 5 and keeper.best_score == pytest.approx(0.96)
+    assert trained == list(range(8)) and keeper.stopped
+    keeper = BestWeights("val_auc", patience=2, tie_tolerance=None, ties="later")
+    _replay(keeper, SCORES[:5] + [0.90, 0.80, 0.80], LOSSES[:8])
+    assert keeper.best_epoch == 4  # the last tie of the best 0.95, not the best itself
+
+
+def test_lower_loss_ties_replace_the_best_only_with_a_lower_loss() -> None:
+    keeper = BestWeights("val_auc", patience=2, tie_tolerance=None, ties="lower_loss")
+    trained = _replay(keeper, SCORES[:5] + [0.90, 0.80, 0.80], LOSSES[:8])
+    # epoch 2 (0.93, loss 0.30 < 0.40) replaces epoch 1; epoch 3 (loss 0.45) and 4 (0.35) do not;
+    # 3 and 4 count as epochs without improvement, so training stops at epoch 4.
+    assert keeper.best_epoch == 2
+    assert trained == [0, 1, 2, 3, 4]
+
+
+def test_zero_tolerance_means_no_ties() -> None:
+    keeper = BestWeights("val_auc", patience=2, tie_tolerance=0.0, ties="later")
+    trained = _replay(keeper, SCORES, LOSSES)
+    assert keeper.best_epoch == 1 and trained == [0, 1, 2, 3]

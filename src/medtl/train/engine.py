@@ -59,6 +59,13 @@ class ClassifierModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._train: list[tuple[float, int, int]] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The weights validation and best-weights selection use (an EMA copy when ``train.ema_decay``);
+        # a plain attribute, not a submodule, so it stays out of the optimizer and the state dict.
+        object.__setattr__(self, "eval_model", None)
+
+    def evaluated(self) -> nn.Module:
+        """The network that validation scores and early stopping keeps: the EMA copy, else the model."""
+        return self.eval_model if self.eval_model is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.prepare(x))
@@ -77,7 +84,7 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._val.append((self(x).float().detach().cpu(), y.detach().cpu()))
+        self._val.append((self.evaluated()(self.prepare(x)).float().detach().cpu(), y.detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val or self.trainer.sanity_checking:
@@ -217,20 +224,44 @@ def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True) -> C
     return factor
 
 
+class WeightEma(L.Callback):
+    """An exponential moving average of the weights, updated after every optimizer step.
+
+    timm's ``ModelEmaV3`` with its decay warm-up (decay ``1 - (1 + t)^(-2/3)`` capped at ``decay``),
+    so a run of a few dozen steps averages its recent steps rather than the random start. The EMA
+    copy becomes the module's ``eval_model``: validation, early stopping and the returned weights use it.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.ema = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from timm.utils.model_ema import ModelEmaV3
+
+        self.ema = ModelEmaV3(pl_module.model, decay=self.decay, use_warmup=True)
+        object.__setattr__(pl_module, "eval_model", self.ema.module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        self.ema.update(pl_module.model, step=trainer.global_step)
+
+
 class BestWeights(L.Callback):
     """Keep the best weights by a validation metric (and the last good ones); stop on patience.
 
     For ``val_auc`` / ``val_accuracy`` on small validation sets the metric saturates and jumps by
     one case at a time, so an early, poorly calibrated epoch can win by a hair. Epochs whose score
-    is within ``tie_tolerance`` of the best are treated as ties, and a tie with a lower validation
-    loss takes the place of the best weights. ``tie_tolerance=None`` uses one standard error of the
-    best score (Hanley–McNeil for AUC, binomial for accuracy): differences the validation set cannot
-    resolve are decided by the loss (see docs/results.md for the measurement).
+    is within ``tie_tolerance`` of the best are treated as ties. ``ties='later'``: a tie takes the
+    place of the kept weights and resets patience, so training goes on while validation cannot tell
+    the epochs apart and the later (lower-LR, more converged) one is kept; ``ties='lower_loss'``: only
+    a tie with a lower validation loss replaces them. ``tie_tolerance=None`` uses one standard error
+    of the best score (Hanley–McNeil for AUC, binomial for accuracy). Measured in docs/results.md.
     """
 
     def __init__(self, monitor: str | None, patience: int | None, min_delta: float = 0.0,
-                 tie_tolerance: float | None = 0.0, min_epochs: int = 0) -> None:
+                 tie_tolerance: float | None = 0.0, min_epochs: int = 0, ties: str = "later") -> None:
         self.monitor = monitor
+        self.ties = ties
         self.min_epochs = min_epochs
         self.mode = _MODES.get(monitor or "", "max")
         self.patience = patience
@@ -246,7 +277,8 @@ class BestWeights(L.Callback):
         self.stopped = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = _cpu_state(pl_module.model)
+        evaluated = pl_module.evaluated() if hasattr(pl_module, "evaluated") else pl_module.model
+        state = _cpu_state(evaluated)
         self.last_good = state
         score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
         if score is None:
@@ -276,7 +308,9 @@ class BestWeights(L.Callback):
         tolerance = self.best_se if self.tie_tolerance is None else self.tie_tolerance
         if self.best_score is None or not tolerance:
             return False
-        return abs(score - self.best_score) <= tolerance and loss < self.best_loss
+        if abs(score - self.best_score) > tolerance:
+            return False
+        return self.ties == "later" or loss < self.best_loss
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -342,11 +376,13 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
     keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0,
-                         es.tie_tolerance if es else 0.0, min_epochs(cfg))  # None: one standard error
+                         es.tie_tolerance if es else 0.0, min_epochs(cfg),  # None: one standard error
+                         es.ties if es else "lower_loss")
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        enable_progress_bar=progress, callbacks=[*(callbacks or []), keeper], deterministic=True,
+        enable_progress_bar=progress, deterministic=True,
+        callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper],
         gradient_clip_val=cfg.grad_clip,
         precision=lightning_precision(cfg))
     train_loader = loader(train, cfg, shuffle=True, seed=seed)
