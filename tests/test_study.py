@@ -387,3 +387,30 @@ def test_real_four_cell_study_on_brain_mri(brain_mri: Path, tmp_path: Path, one_
     assert (tmp_path / "study" / "cells" / "ft-1" / "predictions.csv").is_file()
     again = run_study(parse_study(tree, tmp_path), tmp_path / "study", progress=False)
     assert again.ran == [] and len(again.skipped) == 4, "the stored configs of real runs match: nothing re-runs"
+
+
+class FittingRun(FakeRun):
+    """A fake run that also trains a tiny model with Lightning's progress bar on, as real cells do."""
+
+    def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+        import torch
+        from torch import nn
+        from torch.utils.data import TensorDataset
+
+        from medtl.config import TrainConfig
+        from medtl.train.engine import ClassifierModule, fit
+
+        train_cfg = TrainConfig(epochs=1, device="cpu", num_workers=0, progress=progress)
+        data = TensorDataset(torch.randn(16, 2), torch.arange(16) % 2)
+        fit(ClassifierModule(nn.Linear(2, 2), train_cfg, 1), data, data, train_cfg, seed=0, progress=progress)
+        return super().__call__(cfg, out_dir, progress)
+
+
+def test_a_study_with_progress_bars_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's rich progress bar pops the console's live stack when a fit starts; a study-wide
+    rich display around the cells then failed on exit (IndexError) before writing the comparison."""
+    monkeypatch.setattr("medtl.study.run_experiment", FittingRun())
+    out = tmp_path / "out"
+    result = run_study(load_study(write_study(tmp_path)), out, progress=True)
+    assert len(result.rows) == 4 and not result.failed
+    assert (out / "comparison.csv").is_file()

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medtl.config import ExperimentConfig, dump_config, parse_config, read_yaml, resolve_paths, set_dotted
@@ -542,24 +541,29 @@ def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(study.spec, sort_keys=False))
     write_state(study, out)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
-        task = bar.add_task(f"study {study.name}", total=len(todo))
-        for i, cell in enumerate(todo, 1):
-            bar.update(task, description=f"study {study.name}: {cell.name}")
-            source = find_reusable(cell, study.reuse)
-            if source is not None:
-                _reuse_cell(cell, source, out / "cells" / cell.name)
-            else:
-                log.info("cell %d/%d %s: running", i, len(todo), cell.name)
-                _run_cell(cell, out / "cells" / cell.name, progress)
-            result.ran.append(cell.name)
-            write_state(study, out)
-            bar.advance(task)
+    # No study-wide rich Live display around the cells: Lightning's RichProgressBar pops the global
+    # console's live stack when a fit starts, which would remove an enclosing display and make it fail
+    # on exit (IndexError from rich). Each cell's steps show their own bars; the study logs its place.
+    started = time.perf_counter()
+    for i, cell in enumerate(todo, 1):
+        source = find_reusable(cell, study.reuse)
+        if source is not None:
+            _reuse_cell(cell, source, out / "cells" / cell.name)
+        else:
+            log.info("cell %d/%d %s: running (study %s, %s elapsed)", i, len(todo), cell.name, study.name,
+                     _elapsed(time.perf_counter() - started))
+            _run_cell(cell, out / "cells" / cell.name, progress)
+        result.ran.append(cell.name)
+        write_state(study, out)
     result.rows = write_comparison(study, out)
     if result.failed:
         log.error("study %s: %d cell(s) failed: %s", study.name, len(result.failed), ", ".join(result.failed))
     return result
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _run_cell(cell: Cell, cell_dir: Path, progress: bool) -> None:
