@@ -163,3 +163,14 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping() -> None:
     with pytest.raises(ConfigError, match="mapping"):
         parse_config(["data"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.early_stopping.ties=latr", "Did you mean 'later'"),
+    ("train.ema_decay=1.5", "train.ema_decay"),
+])
+def test_bad_values_of_the_new_training_keys_are_named(tmp_path: Path, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, EXAMPLE), [override])
+    good = load_config(write(tmp_path, EXAMPLE), ["train.early_stopping.ties=lower_loss", "train.ema_decay=0.9"])
+    assert good.train.early_stopping.ties == "lower_loss" and good.train.ema_decay == 0.9
