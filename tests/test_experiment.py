@@ -7,14 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from medtl import artifact
 from medtl.cli import app
 from medtl.config import parse_config
-from medtl.errors import DataError, TrainingError
+from medtl.data.images import open_image, to_array
+from medtl.errors import DataError, MedtlError, TrainingError
 from medtl.experiment import run_experiment
 from medtl.predict import evaluate_run, predict_files
+from medtl.train.inference import predict_probs
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +87,28 @@ def test_evaluate_recomputes_from_predictions(fe_run: tuple[Path, dict]) -> None
     out, metrics = fe_run
     again = evaluate_run(out)
     assert again["auc"]["value"] == pytest.approx(metrics["auc"]["value"], abs=1e-6)
+
+
+def test_evaluate_with_another_tta_predicts_the_run_images_again(fe_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, metrics = fe_run
+    same = evaluate_run(out, tta=metrics["protocol"]["tta"])  # the saved fold models reproduce predictions.csv
+    for key in KEYS:
+        assert same[key]["value"] == pytest.approx(metrics[key]["value"], abs=1e-6), key
+    other = evaluate_run(out, tta="none")
+    assert other["n"] == metrics["n"] and other["auc"]["value"] != metrics["auc"]["value"]
+    with pytest.raises(MedtlError, match="hflip_zoom"):
+        evaluate_run(out, tta="mirror")
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    with open(moved / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[3]["id"] = "yes/gone.jpg"  # an image no longer in the data
+    with open(moved / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match="1 of .* not in .*gone.jpg"):
+        evaluate_run(moved, tta="hflip")
 
 
 def test_predict_files_and_folders_keeps_bad_files(fe_run: tuple[Path, dict], brain_mri: Path,
@@ -232,17 +258,40 @@ def test_operating_point_and_temperature_come_from_validation(brain_mri: Path, t
     assert all((float(r["prob_yes"]) >= meta["threshold"]) == (r["pred"] == "yes") for r in rows)
 
 
+def assert_oof_probs_are_the_saved_models_tta(out: Path, rows: int = 6) -> None:
+    """predictions.csv holds each image's own fold model's probabilities under the run's TTA."""
+    models, meta = artifact.load_models(out)
+    pre = meta.preprocess
+    with open(out / "predictions.csv") as fh:
+        table = list(csv.DictReader(fh))
+    for row in table[:rows // 2] + table[-rows // 2:]:  # images of the first and the last fold
+        image = to_array(open_image(row["path"]), pre.image_size, pre.color, pre.resize, pre.crop)[None]
+        probs = predict_probs(models[int(row["fold"])], meta.normalizer(), image, np.arange(1), tta=meta.tta,
+                              fast=False)
+        assert probs[0, 1] == pytest.approx(float(row["prob_yes"]), abs=1e-4), row["id"]
+
+
 def test_prefix_cache_matches_full_training_without_augmentation(brain_mri: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
     results = {}
     for cached in (False, True):
         cfg = tiny_config(brain_mri, transfer={"strategy": "fine_tune", "unfreeze_from": "blocks.5"},
-                          train={"lr": 0.0003, "prefix_cache": cached, "cache_dtype": "float32"})
+                          train={"lr": 0.0003, "prefix_cache": cached, "cache_dtype": "float32"},
+                          evaluate={"tta": "hflip_zoom"})
         results[cached] = run_experiment(parse_config(cfg), tmp_path / f"run{cached}", progress=False)
     for key in KEYS:
         assert results[True][key]["value"] == pytest.approx(results[False][key]["value"], abs=1e-3), key
-    assert any((tmp_path / "cache").rglob("*.npy"))  # the activations were stored on disk
+    assert len(list((tmp_path / "cache" / "activations").glob("*.npy"))) == 4  # the image + 3 test-time views
+    assert results[True]["protocol"]["tta"] == "hflip_zoom"
+    assert_oof_probs_are_the_saved_models_tta(tmp_path / "runTrue")
+
+
+def test_feature_bank_averages_the_tta_views(brain_mri: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(brain_mri, evaluate={"tta": "hflip_zoom"})  # frozen, no augmentation: the feature bank
+    metrics = run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+    assert metrics["auc"]["value"] > 0.6
+    assert_oof_probs_are_the_saved_models_tta(tmp_path / "run")
 
 
 def test_prefix_cache_with_augmented_views_learns(brain_mri: Path, tmp_path: Path,

@@ -8,6 +8,7 @@ executes pickles.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,3 +90,16 @@ def load_models(run_dir: Path) -> tuple[list[TransferNet], ModelMeta]:
         model.load_state_dict(load_file(str(Path(run_dir) / MODEL_DIR / name)), strict=True)
         models.append(model.eval())
     return models, meta
+
+
+def load_fold_models(run_dir: Path) -> tuple[dict[int, TransferNet], ModelMeta]:
+    """The run's models by fold index (from the ``fold<k>`` file names; the file's position otherwise)."""
+    try:
+        models, meta = load_models(run_dir)
+    except TypeError as exc:  # ModelMeta(**model.json): a field this version of medtl does not know
+        raise MedtlError(f"{run_dir}/{MODEL_DIR}/model.json does not match this medtl version ({exc})") from None
+    by_fold: dict[int, TransferNet] = {}
+    for position, name in enumerate(meta.folds):
+        match = re.search(r"fold(\d+)", name)
+        by_fold.setdefault(int(match.group(1)) if match else position, models[position])
+    return by_fold, meta

@@ -62,13 +62,17 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
 @app.command()
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
              data: Annotated[Path | None, typer.Option(help="YAML with a data block, or an image folder.")] = None,
-             out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None) -> None:
+             out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None,
+             tta: Annotated[str | None, typer.Option(
+                 help="Test-time augmentation instead of the run's: none, hflip or hflip_zoom. Without --data the "
+                      "run's own test (out-of-fold) images are predicted again by their fold's model.")] = None,
+             ) -> None:
     """Metrics of a run: recomputed from its predictions, or on other data with its model."""
     from medtl.evaluate.table import metrics_table
     from medtl.predict import evaluate_run
 
     try:
-        metrics = evaluate_run(run_dir, _data_config(data) if data else None, out_file)
+        metrics = evaluate_run(run_dir, _data_config(data) if data else None, out_file, tta=tta)
     except MedtlError as exc:
         _fail(exc)
     out.print(metrics_table([(str(run_dir), metrics)]))

@@ -335,7 +335,8 @@ class EvaluateConfig(StrictModel):
     threshold_target: float | None = Field(None, gt=0.0, le=1.0)
     temperature_scaling: bool = False
     report: bool = True
-    tta: Literal["none", "hflip"] = "hflip"
+    # Test-time augmentation: the softmax averaged over the views (medtl.data.transforms.TTA_VIEWS).
+    tta: Literal["none", "hflip", "hflip_zoom"] = "hflip"
     patient_level: PatientLevelConfig | None = None
 
 

@@ -26,7 +26,7 @@ from medtl.config import ExperimentConfig, dump_config
 from medtl.data.sources import LoadedImages, load_images, load_table
 from medtl.data.splits import Fold, assign_groups, make_folds, near_duplicate_links, write_manifest
 from medtl.data.strategy import training_dataset
-from medtl.data.transforms import ImageArrayDataset, Normalizer
+from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer
 from medtl.errors import MedtlError, TrainingError
 from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.calibration import apply_temperature, fit_temperature
@@ -204,13 +204,12 @@ def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
 
 
 def _probs_on(cfg: ExperimentConfig, model: TransferNet, spec: WeightsSpec, data: PreparedData, indices: np.ndarray,
-              bank: tuple[torch.Tensor, torch.Tensor | None] | None) -> np.ndarray:
+              bank: list[torch.Tensor] | None) -> np.ndarray:
     """Probabilities of a trained fold model on ``indices`` (validation images), with the run's TTA."""
     if len(indices) == 0:
         return np.zeros((0, len(data.class_names)))
     if bank is not None:
-        feats, flipped = bank
-        return head_probs(model.head, feats[indices], flipped[indices] if flipped is not None else None)
+        return head_probs(model.head, [view[indices] for view in bank])
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     return predict_probs(model, _normalizer(spec), data.loaded.images, indices, cfg.train.batch_size * 2,
                          cfg.evaluate.tta, device, False, cfg.train.fast_inference)
@@ -283,10 +282,10 @@ def _uses_feature_bank(cfg: ExperimentConfig) -> bool:
 
 
 def _fit_classical(model: TransferNet, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
-                   bank: tuple[torch.Tensor, torch.Tensor | None], seed: int) -> tuple[FitResult, np.ndarray]:
+                   bank: list[torch.Tensor], seed: int) -> tuple[FitResult, np.ndarray]:
     """Feature-extraction baseline: logistic regression or a Platt-scaled linear SVM on pooled features,
     fitted on train + validation (nothing to stop early), stored as the linear head."""
-    feats, flipped = bank
+    feats = bank[0]
     idx = np.concatenate([fold.train, fold.val])
     method = cfg.transfer.classifier
     if not init_head(model.head, feats[idx], data.labels[idx], len(data.class_names), cfg.transfer.probe_c, seed,
@@ -294,12 +293,12 @@ def _fit_classical(model: TransferNet, cfg: ExperimentConfig, data: PreparedData
         raise MedtlError(f"transfer.classifier '{method}' needs a linear head: set model.head.hidden: []")
     if cfg.data.augment.active:
         log.warning("transfer.classifier '%s' fits on fixed features: data.augment is not used", method)
-    probs = head_probs(model.head, feats[fold.test], flipped[fold.test] if flipped is not None else None)
+    probs = head_probs(model.head, [view[fold.test] for view in bank])
     return FitResult(model=model.eval()), probs
 
 
 def _probe_head(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
-                bank: tuple[torch.Tensor, torch.Tensor | None] | None, seed: int) -> None:
+                bank: list[torch.Tensor] | None, seed: int) -> None:
     """LP-FT: start the head from a logistic regression on the frozen features of the training part."""
     if bank is not None:
         feats = bank[0][fold.train]
@@ -313,30 +312,26 @@ def _normalizer(spec: WeightsSpec) -> Normalizer:
 
 
 def _feature_bank(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, data: PreparedData,
-                  progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  progress: bool) -> list[torch.Tensor]:
+    """Frozen backbone features of every image, one tensor per test-time view (the plain image first)."""
     log.info("feature extraction: computing frozen backbone features once for %d images", len(data.labels))
     idx = np.arange(len(data.labels))
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    feats = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, device=device, progress=progress,
-                  fast=cfg.train.fast_inference)
-    flipped = None
-    if cfg.evaluate.tta == "hflip":
-        flipped = embed(model.backbone, _normalizer(spec), data.loaded.images, idx, flip=True, device=device,
-                        progress=progress, fast=cfg.train.fast_inference)
-    return feats, flipped
+    return [embed(model.backbone, _normalizer(spec), data.loaded.images, idx, view=view, device=device,
+                  progress=progress, fast=cfg.train.fast_inference) for view in TTA_VIEWS[cfg.evaluate.tta]]
 
 
 def _fit_head(model: TransferNet, cfg: ExperimentConfig, data: PreparedData, fold: Fold,
-              bank: tuple[torch.Tensor, torch.Tensor | None], seed: int,
+              bank: list[torch.Tensor], seed: int,
               progress: bool) -> tuple[FitResult, np.ndarray]:
-    feats, flipped = bank
+    feats = bank[0]
     labels = torch.from_numpy(data.labels)
     head = model.head
     module = ClassifierModule(head, cfg.train, data.positive_index, _class_weights(cfg, data, fold))
     train = TensorDataset(feats[fold.train], labels[fold.train])
     val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
     result = fit(module, train, val, cfg.train, seed, progress)
-    probs = head_probs(result.model, feats[fold.test], flipped[fold.test] if flipped is not None else None)
+    probs = head_probs(result.model, [view[fold.test] for view in bank])
     model.head = result.model
     result.model = model
     return result, probs
@@ -393,8 +388,8 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
     fast = cfg.train.fast_inference
     views = pc.prefix_views(cache, split, key, images, normalizer, range(cfg.train.cache_views if augment else 1),
                             augment, device=device, progress=progress, fast=fast)
-    flipped = (pc.prefix_views(cache, split, key, images, normalizer, ["hflip"], device=device, fast=fast)[0]
-               if cfg.evaluate.tta == "hflip" else None)
+    tta = [views[0], *pc.prefix_views(cache, split, key, images, normalizer, TTA_VIEWS[cfg.evaluate.tta][1:],
+                                      device=device, fast=fast)]
     if _probe_first(cfg):  # LP-FT on the cached activations: only the suffix runs
         feats = pc.run_cached(split.suffix, views[0], fold.train, device=device).cpu()
         init_head(model.head, feats, data.labels[fold.train], len(data.class_names), cfg.transfer.probe_c, seed)
@@ -413,7 +408,7 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
         result = fit(module, train, val, cfg.train, seed, progress, callbacks)
     except TrainingError as exc:
         raise TrainingError(f"{exc} (fold {fold.index}); {_save_last_good(exc, out_dir, fold)}") from None
-    probs = pc.predict_cached(result.model, views[0], fold.test, flipped, device=device)
+    probs = pc.predict_cached(result.model, tta, fold.test, device=device)
     result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
     return result, probs
 

@@ -14,6 +14,7 @@ from medtl import artifact
 from medtl.config import DataConfig, EvaluateConfig
 from medtl.data.images import open_image, to_array
 from medtl.data.sources import load_images, load_table
+from medtl.data.transforms import TTA_VIEWS
 from medtl.errors import DataError, MedtlError
 from medtl.evaluate.metrics import summarize
 from medtl.train.inference import predict_probs
@@ -60,8 +61,8 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
     return rows
 
 
-def _ensemble(models: list, meta: artifact.ModelMeta, images: np.ndarray) -> np.ndarray:
-    idx = np.arange(len(images))
+def _ensemble(models: list, meta: artifact.ModelMeta, images: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    idx = np.arange(len(images)) if idx is None else idx
     runs = [predict_probs(m, meta.normalizer(), images, idx, tta=meta.tta) for m in models]
     if meta.temperature:  # the run's validation-fitted temperature, applied per fold model as in training
         from medtl.evaluate.calibration import apply_temperature
@@ -89,15 +90,24 @@ def rows_to_csv(rows: list[dict], class_names: list[str]) -> str:
 
 
 def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None = None,
-                 evaluate: EvaluateConfig | None = None) -> dict:
+                 evaluate: EvaluateConfig | None = None, tta: str | None = None) -> dict:
     """Metrics of a run: recomputed from its predictions, or on ``data`` with its saved models.
 
     On new data, the samples of the source's ``test`` split are used when it defines one, else all.
+    ``tta`` (a key of ``TTA_VIEWS``) replaces the run's test-time augmentation: without ``data`` the
+    run's own test images (out-of-fold for k-fold) are predicted again, each by its own fold's model,
+    at the run's threshold and temperature — nothing in the run directory changes.
     """
     run_dir = Path(run_dir)
     meta = artifact.load_meta(run_dir)
+    if tta is not None:
+        if tta not in TTA_VIEWS:
+            raise MedtlError(f"--tta {tta!r}: use one of {', '.join(TTA_VIEWS)}")
+        meta.tta = tta
     ev = evaluate or EvaluateConfig(**meta.config.get("evaluate", {}))
-    if data is None:
+    if data is None and tta is not None:
+        labels, probs, groups = _repredict_own(run_dir, meta)
+    elif data is None:
         labels, probs, groups = _read_predictions(run_dir / "predictions.csv", meta.class_names)
     else:
         labels, probs, groups = _predict_dataset(run_dir, meta, data)
@@ -116,6 +126,44 @@ def _read_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, n
         rows = list(csv.DictReader(fh))
     labels = np.array([int(r["label"]) for r in rows])
     probs = np.array([[float(r[f"prob_{n}"]) for n in class_names] for r in rows])
+    return labels, probs, np.array([r["group"] for r in rows], dtype=object)
+
+
+def _repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``predictions.csv`` predicted again by each row's fold model with ``meta.tta``.
+
+    The images are decoded as in training (the run's resolved data block); a row whose image is no
+    longer in the data, or whose label changed, is an error naming it.
+    """
+    from medtl.config import ExperimentConfig
+
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        raise MedtlError(f"{path} not found; is the run finished?")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    data = ExperimentConfig.model_validate(meta.config).data
+    loaded = load_images(load_table(data), data)
+    where = {s.id: i for i, s in enumerate(loaded.table.samples)}
+    missing = [r["id"] for r in rows if r["id"] not in where]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of {len(rows)} predicted images are not in {data.location} "
+                        f"any more (first: {missing[0]}); re-evaluate with the data the run was trained on")
+    index = np.array([where[r["id"]] for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    changed = [r["id"] for r, i in zip(rows, index, strict=True) if loaded.table.samples[i].label != int(r["label"])]
+    if changed:
+        raise DataError(f"{path}: the label of {len(changed)} image(s) differs from {data.location} "
+                        f"(first: {changed[0]})")
+    models, _ = artifact.load_fold_models(run_dir)
+    folds = np.array([int(r["fold"]) for r in rows])
+    probs = np.zeros((len(rows), len(meta.class_names)))
+    for fold in np.unique(folds):
+        if fold not in models:
+            raise MedtlError(f"{run_dir}/{artifact.MODEL_DIR}: no model file for fold {fold}")
+        rows_of = np.flatnonzero(folds == fold)
+        probs[rows_of] = _ensemble([models[fold]], meta, loaded.images, index[rows_of])
+    log.info("%d images predicted again with tta '%s' by their own fold's model", len(rows), meta.tta)
     return labels, probs, np.array([r["group"] for r in rows], dtype=object)
 
 

@@ -22,10 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medtl.config import AugmentConfig, TrainConfig, TransferConfig, UnfreezeStep
-from medtl.data.transforms import ImageArrayDataset, Normalizer, build_augment
+from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer, build_augment
 from medtl.errors import ConfigError, MedtlError
 from medtl.models.network import Preprocessing, TransferNet, create_model
 from medtl.train.engine import ClassifierModule, fit, lr_multipliers
+from medtl.train.inference import predict_probs
 from medtl.transfer.cuts import _walk, cut_points
 from medtl.transfer.freeze import apply_strategy, set_trainable
 from medtl.transfer.gradual import check_schedule, step_lr_mults
@@ -211,11 +212,14 @@ def test_augmented_views_key_on_augmentation_and_seed_but_view_zero_does_not(tmp
     b = replace(KEY, augment=AugmentConfig(rotate=10).model_dump(), seed=2)
     assert cache.digest(a, 0, "c") == cache.digest(b, 0, "c") == cache.digest(KEY, 0, "c")
     assert cache.digest(a, "hflip", "c") == cache.digest(b, "hflip", "c")
+    assert cache.digest(a, "zoom", "c") == cache.digest(b, "zoom", "c") != cache.digest(a, "zoom_hflip", "c")
     assert cache.digest(a, 1, "c") != cache.digest(b, 1, "c")
     assert cache.digest(a, 1, "c") != cache.digest(a, 2, "c")
     assert cache.digest(a, np.int64(1), "c") == cache.digest(a, 1, "c")
     with pytest.raises(ValueError, match="view"):
         cache.digest(a, -1, "c")
+    with pytest.raises(ValueError, match="zoom_hflip"):
+        cache.digest(a, "vflip", "c")
 
 
 def test_lru_eviction_keeps_the_total_under_the_cap(tmp_path: Path) -> None:
@@ -416,10 +420,16 @@ def test_training_on_cached_activations_equals_training_the_full_model(tmp_path:
     assert torch.equal(after["backbone.blocks.4.0.conv_pw.weight"], before["backbone.blocks.4.0.conv_pw.weight"])
     for name, value in cached.state_dict().items():  # the suffix's modules are the cached model's own
         torch.testing.assert_close(value, after[name], rtol=1e-4, atol=1e-5, msg=name)
-    probs = predict_cached(net, blocks[0], idx)
+    probs = predict_cached(net, blocks, idx)
     with torch.no_grad():
         expected = cached.eval()(HALF(torch.from_numpy(imgs).permute(0, 3, 1, 2))).softmax(1).numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    # Test-time views from the cache: the same average as the full model's predict_probs.
+    views = [blocks[0], *prefix_views(ActivationCache(tmp_path, 10**8, "float32"), split, KEY, imgs, HALF,
+                                      TTA_VIEWS["hflip_zoom"][1:])]
+    np.testing.assert_allclose(predict_cached(net, views, idx),
+                               predict_probs(cached, HALF, imgs, idx, tta="hflip_zoom", fast=False),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_suffix_net_supports_gradual_unfreezing_and_layer_decay() -> None:

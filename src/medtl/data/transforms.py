@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -32,6 +33,36 @@ def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
     if cfg.brightness or cfg.contrast:
         ops.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
     return v2.Compose(ops)
+
+
+TTA_VIEWS: dict[str, tuple[str, ...]] = {
+    "none": ("image",),
+    "hflip": ("image", "hflip"),
+    "hflip_zoom": ("image", "hflip", "zoom", "zoom_hflip"),
+}
+"""The views each ``evaluate.tta`` setting averages the softmax over."""
+TTA_ZOOM = 0.9
+"""The centre crop (fraction of the side) of the ``zoom`` views, resized back to the full size."""
+
+
+def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One test-time view of pixel images ``(B, C, H, W)`` (uint8 or float in 0–255), before normalising.
+
+    ``image``: as is; ``hflip``: mirrored left-right; ``zoom``: the central ``TTA_ZOOM`` crop resized
+    back to ``H × W`` (bilinear, float); ``zoom_hflip``: its mirror.
+    """
+    if view == "image":
+        return x
+    if view == "hflip":
+        return torch.flip(x, dims=[3])
+    if view in ("zoom", "zoom_hflip"):
+        h, w = x.shape[-2:]
+        ch, cw = round(h * TTA_ZOOM), round(w * TTA_ZOOM)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        crop = x[..., top:top + ch, left:left + cw].float()
+        z = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.flip(z, dims=[3]) if view == "zoom_hflip" else z
+    raise ValueError(f"test-time view {view!r}: use one of image, hflip, zoom, zoom_hflip")
 
 
 class Normalizer:

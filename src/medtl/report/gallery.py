@@ -83,16 +83,8 @@ def load_image(path: str) -> Image.Image:
 
 
 def _fold_models(run: RunData) -> tuple[dict[int, torch.nn.Module], artifact.ModelMeta]:
-    """The run's fold models by fold index (from the ``fold<k>.safetensors`` names)."""
-    try:
-        models, meta = artifact.load_models(run.path)
-    except TypeError as exc:  # ModelMeta(**model.json): a field this version of medtl does not know
-        raise MedtlError(f"{run.path}/model/model.json does not match this medtl version ({exc})") from None
-    by_fold = {}
-    for position, name in enumerate(meta.folds):
-        match = re.search(r"fold(\d+)", name)
-        by_fold[int(match.group(1)) if match else position] = models[position]
-    return by_fold, meta
+    """The run's fold models by fold index."""
+    return artifact.load_fold_models(run.path)
 
 
 def _predicted(run: RunData) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from rich.progress import track
 from torch import nn
 
-from medtl.data.transforms import Normalizer
+from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
 from medtl.train.fast import FastForward
 
 
@@ -25,47 +27,40 @@ def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: st
 def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
                   batch_size: int = 64, tta: str = "none", device: str = "cpu",
                   progress: bool = False, fast: bool = True) -> np.ndarray:
-    """Softmax probabilities ``(len(indices), K)``; ``tta='hflip'`` averages with the mirrored image.
+    """Softmax probabilities ``(len(indices), K)``, averaged over the views of ``tta`` (``TTA_VIEWS``).
 
     ``fast``: run the model traced and frozen on CPU (:mod:`medtl.train.fast`).
     """
     model = model.to(device).eval()
-    run = FastForward(model, len(indices) * (2 if tta == "hflip" else 1), fast)
+    views = TTA_VIEWS[tta]
+    run = FastForward(model, len(indices) * len(views), fast)
     out = []
     for batch in _batches(images, np.asarray(indices), batch_size, "predicting" if progress else None):
-        x = normalizer(batch.to(device))
-        probs = run(x).float().softmax(1)
-        if tta == "hflip":
-            probs = 0.5 * (probs + run(torch.flip(x, dims=[3])).float().softmax(1))
+        batch = batch.to(device)
+        probs = sum(run(normalizer(tta_view(batch, v))).float().softmax(1) for v in views) / len(views)
         out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 @torch.inference_mode()
 def embed(backbone: nn.Module, normalizer: Normalizer, images: np.ndarray, indices: np.ndarray,
-          batch_size: int = 64, flip: bool = False, device: str = "cpu", progress: bool = False,
+          batch_size: int = 64, view: str = "image", device: str = "cpu", progress: bool = False,
           fast: bool = True) -> torch.Tensor:
-    """Pooled backbone features ``(len(indices), D)`` of the (optionally mirrored) images.
+    """Pooled backbone features ``(len(indices), D)`` of one test-time ``view`` of the images (``tta_view``).
 
     ``fast``: run the backbone traced and frozen on CPU (:mod:`medtl.train.fast`).
     """
     backbone = backbone.to(device).eval()
     run = FastForward(backbone, len(indices), fast)
     out = []
-    label = ("embedding (mirrored)" if flip else "embedding") if progress else None
+    label = (f"embedding ({view})" if view != "image" else "embedding") if progress else None
     for batch in _batches(images, np.asarray(indices), batch_size, label):
-        x = normalizer(batch.to(device))
-        if flip:
-            x = torch.flip(x, dims=[3])
-        out.append(run(x).float().cpu())
+        out.append(run(normalizer(tta_view(batch.to(device), view))).float().cpu())
     return torch.cat(out)
 
 
 @torch.inference_mode()
-def head_probs(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | None = None) -> np.ndarray:
-    """Softmax of a head on precomputed features, averaged with the mirrored features when given."""
+def head_probs(head: nn.Module, views: Sequence[torch.Tensor]) -> np.ndarray:
+    """Softmax of a head on precomputed features, averaged over the test-time views' features."""
     head = head.eval()
-    probs = head(features).softmax(1)
-    if flipped is not None:
-        probs = 0.5 * (probs + head(flipped).softmax(1))
-    return probs.numpy()
+    return (sum(head(f).softmax(1) for f in views) / len(views)).numpy()

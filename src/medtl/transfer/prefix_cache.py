@@ -18,7 +18,8 @@ Design:
   ``flock`` serialises publishing, eviction and clearing. Readers keep a valid mapping even when
   the file is evicted or replaced under them (POSIX unlink semantics).
 - Least-recently-used eviction keeps the total under ``max_bytes``; a read sets the file's mtime.
-- Views: view 0 is the unaugmented image, ``"hflip"`` its mirror (test-time augmentation), view
+- Views: view 0 is the unaugmented image, ``"hflip"``, ``"zoom"`` and ``"zoom_hflip"`` its test-time
+  views (``medtl.data.transforms.tta_view``), view
   ``k > 0`` an augmented copy drawn with ``build_augment`` from a seed derived from
   ``(seed, k, image index)``, so every view is reproducible. :class:`PrefixViewsDataset` samples
   one of K views per image and epoch.
@@ -48,7 +49,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medtl.config import AugmentConfig, TransferConfig
-from medtl.data.transforms import Normalizer
+from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
 from medtl.errors import ConfigError, MedtlError
 from medtl.train.fast import FastForward
 from medtl.transfer.cuts import _walk, check_cut_point, cut_points
@@ -61,7 +62,9 @@ DEFAULT_MAX_BYTES = 20 * 2**30
 DTYPES = ("float16", "float32")
 
 View = int | str
-"""0: the image; ``"hflip"``: its mirror; k > 0: the k-th augmented copy."""
+"""0: the image; ``"hflip"``, ``"zoom"``, ``"zoom_hflip"``: its test-time views; k > 0: the k-th augmented copy."""
+TEST_VIEWS: tuple[str, ...] = TTA_VIEWS["hflip_zoom"][1:]
+"""The named (test-time) views besides the plain image."""
 
 ComputeFn = Callable[[np.ndarray, np.ndarray, View], Iterable[np.ndarray | torch.Tensor]]
 """``(images, indices, view)`` → activation batches, in the order of ``indices``."""
@@ -258,15 +261,15 @@ def images_sha256(images: np.ndarray, indices: np.ndarray, chunk: int = 256) -> 
 
 def _view(view: View) -> View:
     """``view`` checked and normalised (numpy integers become ``int``, so the key is the same)."""
-    if view == "hflip":
+    if view in TEST_VIEWS:
         return view
     if isinstance(view, (int, np.integer)) and not isinstance(view, bool) and view >= 0:
         return int(view)
-    raise ValueError(f"view {view!r}: use 0 (the image), 'hflip' or an augmented view k > 0")
+    raise ValueError(f"view {view!r}: use 0 (the image), one of {', '.join(TEST_VIEWS)} or an augmented view k > 0")
 
 
 def _augmented_view(view: View) -> bool:
-    return _view(view) not in (0, "hflip")
+    return _view(view) not in (0, *TEST_VIEWS)
 
 
 # ---------------------------------------------------------------- the on-disk cache
@@ -539,10 +542,10 @@ def view_seed(seed: int, view: int, index: int) -> int:
 
 def view_images(images: np.ndarray, indices: np.ndarray, view: View, augment: Callable | None,
                 seed: int) -> torch.Tensor:
-    """uint8 ``(B, C, H, W)`` images of ``view``: augmented per image with a fixed seed, or mirrored."""
+    """``(B, C, H, W)`` pixel images of ``view``: augmented per image with a fixed seed, or a test-time view."""
     x = torch.from_numpy(np.ascontiguousarray(images[indices])).permute(0, 3, 1, 2)
-    if view == "hflip":
-        return torch.flip(x, dims=[3])
+    if view in TEST_VIEWS:
+        return tta_view(x, view)
     if not _augmented_view(view):
         return x
     if augment is None:
@@ -703,10 +706,10 @@ def run_cached(module: nn.Module, block: np.ndarray, indices: np.ndarray, batch_
     return torch.cat(out)
 
 
-def predict_cached(model: nn.Module, block: np.ndarray, indices: np.ndarray, flipped: np.ndarray | None = None,
-                   batch_size: int = 128, device: str = "cpu") -> np.ndarray:
-    """Softmax probabilities from cached activations, averaged with the mirrored view when given."""
-    probs = run_cached(model, block, indices, batch_size, device).softmax(1)
-    if flipped is not None:
-        probs = 0.5 * (probs + run_cached(model, flipped, indices, batch_size, device).softmax(1))
-    return probs.numpy()
+def predict_cached(model: nn.Module, blocks: Sequence[np.ndarray], indices: np.ndarray, batch_size: int = 128,
+                   device: str = "cpu") -> np.ndarray:
+    """Softmax probabilities from cached activations, averaged over the blocks (one per test-time view)."""
+    if not blocks:
+        raise ValueError("predict_cached needs at least one block of activations")
+    probs = sum(run_cached(model, block, indices, batch_size, device).softmax(1) for block in blocks)
+    return (probs / len(blocks)).numpy()
