@@ -169,11 +169,12 @@ def test_top_level_must_be_a_mapping() -> None:
     ("train.early_stopping.ties=latr", "Did you mean 'later'"),
     ("train.ema_decay=1.5", "train.ema_decay"),
     ("evaluate.tta=hflip-zoom", "Did you mean 'hflip_zoom'"),
+    ("train.ensemble=0", "train.ensemble"),
 ])
 def test_bad_values_of_the_new_training_keys_are_named(tmp_path: Path, override: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_config(write(tmp_path, EXAMPLE), [override])
     good = load_config(write(tmp_path, EXAMPLE), ["train.early_stopping.ties=lower_loss", "train.ema_decay=0.9",
-                                                  "evaluate.tta=hflip_zoom"])
+                                                  "evaluate.tta=hflip_zoom", "train.ensemble=3"])
     assert good.train.early_stopping.ties == "lower_loss" and good.train.ema_decay == 0.9
-    assert good.evaluate.tta == "hflip_zoom"
+    assert good.evaluate.tta == "hflip_zoom" and good.train.ensemble == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medtl import artifact
@@ -69,6 +70,15 @@ def test_run_directory_contents(fe_run: tuple[Path, dict]) -> None:
     with open(out / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 90 and {r["fold"] for r in rows} == {"0", "1", "2"}
+    audit = metrics["label_issues"]  # the label audit of the out-of-fold predictions
+    assert audit["of"] == 90 and audit["file"] == "label_issues.csv"
+    with open(out / "label_issues.csv") as fh:
+        flagged = list(csv.DictReader(fh))
+    assert len(flagged) == audit["n"]
+    by_id = {r["id"]: r for r in rows}
+    for row in flagged:  # each flagged image is one whose held-out prediction disagrees with its label
+        assert row["predicted"] == by_id[row["id"]]["pred"] or float(row["prob_given"]) < 0.5
+        assert row["given"] == by_id[row["id"]]["class_name"]
     with open(out / "splits.csv") as fh:
         manifest = list(csv.DictReader(fh))
     for fold in ("0", "1", "2"):
@@ -260,14 +270,14 @@ def test_operating_point_and_temperature_come_from_validation(brain_mri: Path, t
 
 def assert_oof_probs_are_the_saved_models_tta(out: Path, rows: int = 6) -> None:
     """predictions.csv holds each image's own fold model's probabilities under the run's TTA."""
-    models, meta = artifact.load_models(out)
+    models, meta = artifact.load_fold_models(out)
     pre = meta.preprocess
     with open(out / "predictions.csv") as fh:
         table = list(csv.DictReader(fh))
     for row in table[:rows // 2] + table[-rows // 2:]:  # images of the first and the last fold
         image = to_array(open_image(row["path"]), pre.image_size, pre.color, pre.resize, pre.crop)[None]
-        probs = predict_probs(models[int(row["fold"])], meta.normalizer(), image, np.arange(1), tta=meta.tta,
-                              fast=False)
+        probs = np.mean([predict_probs(m, meta.normalizer(), image, np.arange(1), tta=meta.tta, fast=False)
+                         for m in models[int(row["fold"])]], axis=0)  # the fold's ensemble members
         assert probs[0, 1] == pytest.approx(float(row["prob_yes"]), abs=1e-4), row["id"]
 
 
@@ -285,6 +295,31 @@ def test_prefix_cache_matches_full_training_without_augmentation(brain_mri: Path
     assert len(list((tmp_path / "cache" / "activations").glob("*.npy"))) == 4  # the image + 3 test-time views
     assert results[True]["protocol"]["tta"] == "hflip_zoom"
     assert_oof_probs_are_the_saved_models_tta(tmp_path / "runTrue")
+
+
+def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_model(brain_mri: Path,
+                                                                                    tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    runs = {}
+    for members in (1, 2):
+        cfg = tiny_config(brain_mri, train={"ensemble": members, "epochs": 4})  # head training on the feature bank
+        runs[members] = run_experiment(parse_config(cfg), tmp_path / f"e{members}", progress=False)
+    model_dir = tmp_path / "e2" / "model"
+    meta = artifact.load_meta(tmp_path / "e2")
+    assert meta.folds == ["fold0.safetensors", "fold0-m1.safetensors", "fold1.safetensors", "fold1-m1.safetensors"]
+    single, first, second = (load_file(str(p)) for p in (tmp_path / "e1" / "model" / "fold1.safetensors",
+                                                             model_dir / "fold1.safetensors",
+                                                             model_dir / "fold1-m1.safetensors"))
+    assert all(torch.equal(single[k], first[k]) for k in single)  # member 0 trains with the single model's seed
+    assert not torch.equal(first["head.0.weight"], second["head.0.weight"])  # member 1 with another seed
+    assert runs[2]["ensemble"]["members"] == 2 and len(runs[2]["ensemble"]["epochs_trained"][0]) == 2
+    assert "ensemble" not in runs[1]
+    with open(tmp_path / "e2" / "history.csv") as fh:
+        assert {r["member"] for r in csv.DictReader(fh)} == {"0", "1"}
+    assert_oof_probs_are_the_saved_models_tta(tmp_path / "e2")
+    again = evaluate_run(tmp_path / "e2", tta=runs[2]["protocol"]["tta"])
+    assert again["auc"]["value"] == pytest.approx(runs[2]["auc"]["value"], abs=1e-6)
 
 
 def test_feature_bank_averages_the_tta_views(brain_mri: Path, tmp_path: Path) -> None:

@@ -52,11 +52,11 @@ class ModelMeta:
         return Normalizer(tuple(self.preprocessing["mean"]), tuple(self.preprocessing["std"]))
 
 
-def save_fold(run_dir: Path, fold: int, model: nn.Module) -> str:
-    """Write one fold's weights as safetensors; returns the file name."""
+def save_fold(run_dir: Path, fold: int, model: nn.Module, member: int = 0) -> str:
+    """Write one fold's weights (``member`` of its ensemble) as safetensors; returns the file name."""
     target = run_dir / MODEL_DIR
     target.mkdir(parents=True, exist_ok=True)
-    name = f"fold{fold}.safetensors"
+    name = f"fold{fold}.safetensors" if member == 0 else f"fold{fold}-m{member}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(target / name))
     return name
@@ -92,14 +92,17 @@ def load_models(run_dir: Path) -> tuple[list[TransferNet], ModelMeta]:
     return models, meta
 
 
-def load_fold_models(run_dir: Path) -> tuple[dict[int, TransferNet], ModelMeta]:
-    """The run's models by fold index (from the ``fold<k>`` file names; the file's position otherwise)."""
+def load_fold_models(run_dir: Path) -> tuple[dict[int, list[TransferNet]], ModelMeta]:
+    """The run's models by fold index (from the ``fold<k>`` file names; the file's position otherwise).
+
+    Each fold maps to its ensemble members (``train.ensemble``), member 0 first.
+    """
     try:
         models, meta = load_models(run_dir)
     except TypeError as exc:  # ModelMeta(**model.json): a field this version of medtl does not know
         raise MedtlError(f"{run_dir}/{MODEL_DIR}/model.json does not match this medtl version ({exc})") from None
-    by_fold: dict[int, TransferNet] = {}
+    by_fold: dict[int, list[TransferNet]] = {}
     for position, name in enumerate(meta.folds):
         match = re.search(r"fold(\d+)", name)
-        by_fold.setdefault(int(match.group(1)) if match else position, models[position])
+        by_fold.setdefault(int(match.group(1)) if match else position, []).append(models[position])
     return by_fold, meta

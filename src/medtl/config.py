@@ -291,6 +291,9 @@ class TrainConfig(StrictModel):
     # Exponential moving average of the weights (timm's ModelEmaV3, decay warm-up on): validation,
     # early stopping and the saved model use the averaged weights. ``None`` = off.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    # Models trained per fold, seeds train.seed + fold + 1000·m (member 0 is the single model);
+    # validation and test use the mean of their softmax. Costs ``ensemble`` times the training time.
+    ensemble: int = Field(1, ge=1, le=50)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     early_stopping: EarlyStoppingConfig | None = None
@@ -337,6 +340,8 @@ class EvaluateConfig(StrictModel):
     report: bool = True
     # Test-time augmentation: the softmax averaged over the views (medtl.data.transforms.TTA_VIEWS).
     tta: Literal["none", "hflip", "hflip_zoom"] = "hflip"
+    # List the images whose held-out prediction contradicts their label (label_issues.csv, cleanlab).
+    label_issues: bool = True
     patient_level: PatientLevelConfig | None = None
 
 

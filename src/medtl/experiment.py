@@ -30,6 +30,7 @@ from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer
 from medtl.errors import MedtlError, TrainingError
 from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.calibration import apply_temperature, fit_temperature
+from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
 from medtl.evaluate.threshold import operating_point
 from medtl.models.network import TransferNet, create_model, preprocessing_for
@@ -72,6 +73,10 @@ class FoldOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     val_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    members: list[FitResult] = field(default_factory=list)
+    """Every ensemble member's fit (``train.ensemble``), ``fit`` first."""
+    files: list[str] = field(default_factory=list)
+    """The fold's model files, one per member."""
 
 
 def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
@@ -106,10 +111,21 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) 
         metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started, choice)
         if stages:
             metrics["stages"] = stages
+        if cfg.evaluate.label_issues:
+            metrics["label_issues"] = _audit_labels(out_dir, data, outcomes)
         _write_outputs(out_dir, cfg, data, outcomes, metrics, spec, choice)
         if cfg.evaluate.report:
             _write_report(out_dir, cfg)
     return metrics
+
+
+def _audit_labels(out_dir: Path, data: PreparedData, outcomes: list[FoldOutcome]) -> dict:
+    """Suspected label errors among the evaluated images (label_issues.csv)."""
+    idx = np.concatenate([o.fold.test for o in outcomes])
+    folds = [o.fold.index for o in outcomes for _ in o.fold.test]
+    samples = data.loaded.table.samples
+    return audit_labels(out_dir / "label_issues.csv", [samples[i].id for i in idx], [samples[i].path for i in idx],
+                        folds, data.labels[idx], np.concatenate([o.probs for o in outcomes]), data.class_names)
 
 
 def _write_report(out_dir: Path, cfg: ExperimentConfig) -> None:
@@ -168,36 +184,54 @@ def stage_config(cfg: ExperimentConfig, index: int, weights: str) -> ExperimentC
     return ExperimentConfig.model_validate(tree)
 
 
+ENSEMBLE_SEED_STRIDE = 1000
+"""Member m of a fold trains with seed ``train.seed + fold + 1000·m`` (member 0: the single-model seed)."""
+
+
 def _train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
                  progress: bool) -> tuple[list[FoldOutcome], WeightsSpec]:
-    bank = None
+    bank: list[torch.Tensor] | None = None
     outcomes = []
     spec: WeightsSpec | None = None
+    members = cfg.train.ensemble
+    if members > 1 and cfg.transfer.classifier != "head":
+        log.warning("train.ensemble %d with transfer.classifier '%s': the classifier is fitted deterministically, "
+                    "so the members are the same model", members, cfg.transfer.classifier)
     for fold in data.folds:
         log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),
                  len(fold.train), len(fold.val), len(fold.test))
         started = time.perf_counter()
-        seed = cfg.train.seed + fold.index
-        L.seed_everything(seed, workers=True, verbose=False)
-        model, spec = build_model(cfg, len(data.class_names))
-        apply_strategy(model, cfg.transfer)
-        if _uses_feature_bank(cfg):
-            bank = bank or _feature_bank(model, spec, cfg, data, progress)
-        if cfg.transfer.classifier != "head":
-            result, probs = _fit_classical(model, cfg, data, fold, bank, seed)
-        elif _uses_feature_bank(cfg):
-            _probe_head(model, spec, cfg, data, fold, bank, seed)
-            result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
-        else:
-            if _probe_first(cfg) and not cfg.train.prefix_cache:  # the cached path probes on cached features
+        fits, test_probs, val_probs, files = [], [], [], []
+        for member in range(members):
+            seed = cfg.train.seed + fold.index + ENSEMBLE_SEED_STRIDE * member
+            L.seed_everything(seed, workers=True, verbose=False)
+            model, spec = build_model(cfg, len(data.class_names))
+            apply_strategy(model, cfg.transfer)
+            if _uses_feature_bank(cfg):
+                bank = bank or _feature_bank(model, spec, cfg, data, progress)
+            if cfg.transfer.classifier != "head":
+                result, probs = _fit_classical(model, cfg, data, fold, bank, seed)
+            elif _uses_feature_bank(cfg):
                 _probe_head(model, spec, cfg, data, fold, bank, seed)
-            result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
-        artifact.save_fold(out_dir, fold.index, result.model)
-        outcome = FoldOutcome(fold, probs, result, time.perf_counter() - started,
-                              val_probs=_probs_on(cfg, result.model, spec, data, fold.val, bank))
-        outcome.metrics = compute_metrics(data.labels[fold.test], probs, data.positive_index,
+                result, probs = _fit_head(model, cfg, data, fold, bank, seed, progress)
+            else:
+                if _probe_first(cfg) and not cfg.train.prefix_cache:  # the cached path probes on cached features
+                    _probe_head(model, spec, cfg, data, fold, bank, seed)
+                result, probs = _fit_full(model, spec, cfg, data, fold, seed, progress, out_dir)
+            files.append(artifact.save_fold(out_dir, fold.index, result.model, member))
+            fits.append(result)
+            test_probs.append(probs)
+            val_probs.append(_probs_on(cfg, result.model, spec, data, fold.val, bank))
+            if members > 1:
+                log.info("fold %d member %d/%d (seed %d) test: %s", fold.index, member + 1, members, seed,
+                         _fmt(compute_metrics(data.labels[fold.test], probs, data.positive_index,
+                                              cfg.evaluate.threshold)))
+        outcome = FoldOutcome(fold, np.mean(test_probs, axis=0), fits[0], time.perf_counter() - started,
+                              val_probs=np.mean(val_probs, axis=0), members=fits, files=files)
+        outcome.metrics = compute_metrics(data.labels[fold.test], outcome.probs, data.positive_index,
                                           cfg.evaluate.threshold)
-        log.info("fold %d test: %s", fold.index, _fmt(outcome.metrics))
+        log.info("fold %d test%s: %s", fold.index, f" (mean of {members} members)" if members > 1 else "",
+                 _fmt(outcome.metrics))
         outcomes.append(outcome)
     assert spec is not None
     return outcomes, spec
@@ -461,6 +495,9 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
         metrics["model"]["truncation"] = truncation_report(cfg, model)
     metrics["warnings"] = collapse_warnings(metrics, data.labels[idx])
     metrics["epochs_trained"] = [len(o.fit.history) for o in outcomes]
+    if cfg.train.ensemble > 1:
+        metrics["ensemble"] = {"members": cfg.train.ensemble, "seed_stride": ENSEMBLE_SEED_STRIDE,
+                               "epochs_trained": [[len(f.history) for f in o.members] for o in outcomes]}
     metrics["seconds"] = round(seconds, 1)
     metrics["name"] = cfg.name
     return metrics
@@ -528,7 +565,7 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
         positive_index=data.positive_index, preprocessing=pre.__dict__ | {"mean": list(pre.mean),
                                                                           "std": list(pre.std)},
         threshold=choice.threshold, threshold_rule=choice.rule, temperature=choice.temperature, tta=cfg.evaluate.tta,
-        folds=[f"fold{o.fold.index}.safetensors" for o in outcomes], lineage=lineage,
+        folds=[name for o in outcomes for name in o.files], lineage=lineage,
         config=cfg.model_dump(mode="json"))
     artifact.save_meta(out_dir, meta)
     log.info("trainable parameters at the end: %s", f"{count(outcomes[-1].fit.model, True):,}")
@@ -557,13 +594,16 @@ def _predict(p: np.ndarray, positive_index: int | None, threshold: float) -> int
 
 
 def _write_history(path: Path, outcomes: list[FoldOutcome]) -> None:
+    """Per-epoch rows of every fold; a ``member`` column when a fold has several ensemble members."""
     keys = ["fold", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr"]
+    ensemble = any(len(o.members) > 1 for o in outcomes)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=[*keys, "member"] if ensemble else keys, extrasaction="ignore")
         writer.writeheader()
         for o in outcomes:
-            for row in o.fit.history:
-                writer.writerow({"fold": o.fold.index, **row})
+            for member, fit_result in enumerate(o.members or [o.fit]):
+                for row in fit_result.history:
+                    writer.writerow({"fold": o.fold.index, **row, "member": member})
 
 
 def _sha256(path: Path) -> str:

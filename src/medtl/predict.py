@@ -106,7 +106,7 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None
         meta.tta = tta
     ev = evaluate or EvaluateConfig(**meta.config.get("evaluate", {}))
     if data is None and tta is not None:
-        labels, probs, groups = _repredict_own(run_dir, meta)
+        labels, probs, groups = repredict_own(run_dir, meta)
     elif data is None:
         labels, probs, groups = _read_predictions(run_dir / "predictions.csv", meta.class_names)
     else:
@@ -129,8 +129,8 @@ def _read_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, n
     return labels, probs, np.array([r["group"] for r in rows], dtype=object)
 
 
-def _repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rows of ``predictions.csv`` predicted again by each row's fold model with ``meta.tta``.
+def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``predictions.csv`` predicted again by each row's fold model(s) with ``meta.tta``.
 
     The images are decoded as in training (the run's resolved data block); a row whose image is no
     longer in the data, or whose label changed, is an error naming it.
@@ -162,7 +162,7 @@ def _repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray,
         if fold not in models:
             raise MedtlError(f"{run_dir}/{artifact.MODEL_DIR}: no model file for fold {fold}")
         rows_of = np.flatnonzero(folds == fold)
-        probs[rows_of] = _ensemble([models[fold]], meta, loaded.images, index[rows_of])
+        probs[rows_of] = _ensemble(models[fold], meta, loaded.images, index[rows_of])
     log.info("%d images predicted again with tta '%s' by their own fold's model", len(rows), meta.tta)
     return labels, probs, np.array([r["group"] for r in rows], dtype=object)
 

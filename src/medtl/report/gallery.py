@@ -83,8 +83,9 @@ def load_image(path: str) -> Image.Image:
 
 
 def _fold_models(run: RunData) -> tuple[dict[int, torch.nn.Module], artifact.ModelMeta]:
-    """The run's fold models by fold index."""
-    return artifact.load_fold_models(run.path)
+    """The run's fold models by fold index (the first member of an ensemble)."""
+    by_fold, meta = artifact.load_fold_models(run.path)
+    return {fold: members[0] for fold, members in by_fold.items()}, meta
 
 
 def _predicted(run: RunData) -> np.ndarray:

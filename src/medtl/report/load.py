@@ -178,7 +178,8 @@ def load_run(path: Path) -> RunData:
     if (path / "config.yaml").is_file():
         run.config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
     run.splits = read_rows(path / "splits.csv")
-    run.history = read_rows(path / "history.csv")
+    # Learning curves show one model per fold: member 0 of a fold's ensemble (train.ensemble).
+    run.history = [r for r in read_rows(path / "history.csv") if r.get("member", "0") in ("0", "")]
     names = run.class_names or (_class_names_from(path / "predictions.csv")
                                 if (path / "predictions.csv").is_file() else [])
     if not run.class_names and names:
