@@ -305,6 +305,8 @@ def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_m
     for members in (1, 2):
         cfg = tiny_config(brain_mri, train={"ensemble": members, "epochs": 4})  # head training on the feature bank
         runs[members] = run_experiment(parse_config(cfg), tmp_path / f"e{members}", progress=False)
+    cfg = tiny_config(brain_mri, train={"seed": 1000, "epochs": 4})  # member 1's seed as a single run
+    run_experiment(parse_config(cfg), tmp_path / "s1000", progress=False)
     model_dir = tmp_path / "e2" / "model"
     meta = artifact.load_meta(tmp_path / "e2")
     assert meta.folds == ["fold0.safetensors", "fold0-m1.safetensors", "fold1.safetensors", "fold1-m1.safetensors"]
@@ -313,6 +315,8 @@ def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_m
                                                              model_dir / "fold1-m1.safetensors"))
     assert all(torch.equal(single[k], first[k]) for k in single)  # member 0 trains with the single model's seed
     assert not torch.equal(first["head.0.weight"], second["head.0.weight"])  # member 1 with another seed
+    seeded = load_file(str(tmp_path / "s1000" / "model" / "fold1.safetensors"))
+    assert all(torch.equal(seeded[k], second[k]) for k in seeded)  # member m = a run with train.seed + 1000·m
     assert runs[2]["ensemble"]["members"] == 2 and len(runs[2]["ensemble"]["epochs_trained"][0]) == 2
     assert "ensemble" not in runs[1]
     with open(tmp_path / "e2" / "history.csv") as fh:
