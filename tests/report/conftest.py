@@ -20,6 +20,7 @@ from PIL import Image
 
 from medtl import artifact
 from medtl.config import HeadConfig, dump_config, parse_config
+from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
 from medtl.models.network import create_model, preprocessing_for
 
@@ -172,6 +173,8 @@ def _write_metrics(run: Path, rows: list[list], names: list[str], pos: int | Non
     metrics["model"] = {"backbone": BACKBONE, "weights": "none", "weights_sha256": None,
                         "strategy": "feature_extraction", "unfreeze_from": None}
     metrics |= {"epochs_trained": [3, 3], "seconds": 12.5, "name": config["name"]}
+    metrics["label_issues"] = audit_labels(run / "label_issues.csv", [r[0] for r in rows], [r[1] for r in rows],
+                                           list(folds), labels, probs, names)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
@@ -58,6 +59,30 @@ def test_run_report_content(binary_html: str) -> None:
     assert "mean ± SD" in binary_html
 
 
+def test_suspect_labels_are_shown_with_their_images(binary_run: Path, binary_html: str) -> None:
+    audit = json.loads((binary_run / "metrics.json").read_text())["label_issues"]
+    with open(binary_run / "label_issues.csv") as fh:
+        flagged = list(csv.DictReader(fh))
+    assert audit["n"] == len(flagged) > 0, "the fixture's noisy probabilities contradict some labels"
+    section = binary_html.split("<h3>Suspect labels</h3>", 1)[1].split("</section>", 1)[0]
+    assert f"contradict <strong>{audit['n']}</strong> of {audit['of']} labels" in section
+    for row in flagged[:12]:
+        assert f"#{row['rank']} · {row['id']}" in section
+    assert section.count('<img src="data:image/png;base64,') == min(len(flagged), 12)
+
+
+def test_a_run_without_label_audit_says_so(binary_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(binary_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["label_issues"] = {"error": "class index(es) [0] have no sample among the predictions"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert "the label audit could not run: class index(es) [0]" in write_report(run, n_boot=20, cam=False).read_text()
+    del metrics["label_issues"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert "no label audit in this run" in write_report(run, n_boot=20, cam=False).read_text()
+
+
 def test_grad_cam_gallery(binary_html: str) -> None:
     cards = re.findall(r'<div class="card">', binary_html)
     assert 4 <= len(cards) <= 8, "up to two each of TP/FP/FN/TN"
@@ -81,10 +106,14 @@ def test_default_output_path_and_degrading_gracefully(binary_run: Path, tmp_path
 def test_missing_image_files_are_noted(binary_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(binary_run, run)
-    text = (run / "predictions.csv").read_text()
-    (run / "predictions.csv").write_text(text.replace(str(binary_run.parent / "images"), str(tmp_path / "gone")))
+    for name in ("predictions.csv", "label_issues.csv"):
+        text = (run / name).read_text()
+        (run / name).write_text(text.replace(str(binary_run.parent / "images"), str(tmp_path / "gone")))
     html = write_report(run, n_boot=20).read_text()
-    assert "not shown" in html and "file not found" in html and '<div class="card">' not in html
+    gradcam = html.split('<section id="gradcam">', 1)[1].split("</section>", 1)[0]
+    assert "not shown" in gradcam and "file not found" in gradcam and '<div class="card">' not in gradcam
+    labels = html.split("<h3>Suspect labels</h3>", 1)[1].split("</section>", 1)[0]
+    assert "not shown" in labels and "<img" not in labels and '<div class="card">' in labels  # listed, no image
 
 
 def test_validation_threshold_temperature_and_patients(calibrated_run: Path, tmp_path: Path) -> None:

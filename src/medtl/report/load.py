@@ -49,6 +49,8 @@ class RunData:
     predictions: PredictionTable | None = None
     val_predictions: PredictionTable | None = None
     log_lines: list[str] = field(default_factory=list)
+    label_issues: list[dict[str, str]] = field(default_factory=list)
+    """Rows of label_issues.csv (suspected label errors, worst first)."""
 
     @property
     def name(self) -> str:
@@ -178,6 +180,7 @@ def load_run(path: Path) -> RunData:
     if (path / "config.yaml").is_file():
         run.config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
     run.splits = read_rows(path / "splits.csv")
+    run.label_issues = read_rows(path / "label_issues.csv")
     # Learning curves show one model per fold: member 0 of a fold's ensemble (train.ensemble).
     run.history = [r for r in read_rows(path / "history.csv") if r.get("member", "0") in ("0", "")]
     names = run.class_names or (_class_names_from(path / "predictions.csv")

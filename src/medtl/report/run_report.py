@@ -148,7 +148,39 @@ def data_section(run: RunData) -> dict[str, Any]:
     return {"columns": ["fold", *[f"{role} ({' / '.join(names)})" for role in roles]], "rows": rows,
             "totals": ", ".join(f"{c}: {totals[c]}" for c in names) + f" ({len(unique)} images)" if unique else "",
             "findings": audit_findings(run), "bad": get(run.metrics, "data.bad") or [],
+            "labels": label_audit_section(run),
             "note": None if run.splits else "no splits.csv in the run directory"}
+
+
+LABEL_THUMBNAILS = 12
+"""Suspected label errors shown with their image in the report (the rest are in label_issues.csv)."""
+
+
+def label_audit_section(run: RunData, limit: int = LABEL_THUMBNAILS, size: int = 112) -> dict[str, Any]:
+    """The worst suspected label errors (label_issues.csv) with thumbnails, and the audit's totals."""
+    from PIL import Image
+
+    from medtl.report.gallery import load_image
+
+    audit = run.metrics.get("label_issues")
+    if not isinstance(audit, dict):
+        return {"note": "no label audit in this run (evaluate.label_issues off, or a run older than the audit)",
+                "items": []}
+    if "error" in audit:
+        return {"note": f"the label audit could not run: {audit['error']}", "items": []}
+    items, notes = [], []
+    for row in run.label_issues[:limit]:
+        item = dict(row)
+        try:
+            img = load_image(row.get("path", ""))
+            img.thumbnail((size, size), Image.Resampling.BICUBIC)
+            item["image"] = figures.array_to_data_uri(np.asarray(img.convert("L")))
+        except (DataError, OSError) as exc:
+            item["image"] = None
+            notes.append(f"{row.get('id')}: not shown ({exc})")
+        items.append(item)
+    return {"n": audit.get("n"), "of": audit.get("of"), "method": audit.get("method", ""), "items": items,
+            "more": max(0, len(run.label_issues) - limit), "notes": notes, "note": None}
 
 
 def audit_findings(run: RunData) -> list[str]:
