@@ -17,8 +17,9 @@ from medtl.cli import app
 from medtl.config import parse_config
 from medtl.data.images import open_image, to_array
 from medtl.errors import DataError, MedtlError, TrainingError
+from medtl.evaluate.calibration import apply_temperature
 from medtl.experiment import run_experiment
-from medtl.predict import evaluate_run, predict_files
+from medtl.predict import evaluate_run, predict_files, repredict_own
 from medtl.train.inference import predict_probs
 
 pytestmark = pytest.mark.slow
@@ -278,6 +279,8 @@ def assert_oof_probs_are_the_saved_models_tta(out: Path, rows: int = 6) -> None:
         image = to_array(open_image(row["path"]), pre.image_size, pre.color, pre.resize, pre.crop)[None]
         probs = np.mean([predict_probs(m, meta.normalizer(), image, np.arange(1), tta=meta.tta, fast=False)
                          for m in models[int(row["fold"])]], axis=0)  # the fold's ensemble members
+        if meta.temperature:  # fitted on the members' mean, applied to it
+            probs = apply_temperature(probs, meta.temperature)
         assert probs[0, 1] == pytest.approx(float(row["prob_yes"]), abs=1e-4), row["id"]
 
 
@@ -302,8 +305,8 @@ def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_m
     from safetensors.torch import load_file
 
     runs = {}
-    for members in (1, 2):
-        cfg = tiny_config(brain_mri, train={"ensemble": members, "epochs": 4})  # head training on the feature bank
+    for members in (1, 2):  # head training on the feature bank; temperature fitted on the members' mean
+        cfg = tiny_config(brain_mri, train={"ensemble": members, "epochs": 4}, evaluate={"temperature_scaling": True})
         runs[members] = run_experiment(parse_config(cfg), tmp_path / f"e{members}", progress=False)
     cfg = tiny_config(brain_mri, train={"seed": 1000, "epochs": 4})  # member 1's seed as a single run
     run_experiment(parse_config(cfg), tmp_path / "s1000", progress=False)
@@ -324,6 +327,10 @@ def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_m
     assert_oof_probs_are_the_saved_models_tta(tmp_path / "e2")
     again = evaluate_run(tmp_path / "e2", tta=runs[2]["protocol"]["tta"])
     assert again["auc"]["value"] == pytest.approx(runs[2]["auc"]["value"], abs=1e-6)
+    _, probs, _ = repredict_own(tmp_path / "e2", artifact.load_meta(tmp_path / "e2"))  # members, then temperature
+    with open(tmp_path / "e2" / "predictions.csv") as fh:
+        saved = np.array([[float(r["prob_no"]), float(r["prob_yes"])] for r in csv.DictReader(fh)])
+    np.testing.assert_allclose(probs, saved, atol=1e-5)
 
 
 def test_feature_bank_averages_the_tta_views(brain_mri: Path, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
 
     Unreadable files are not dropped: their row carries the error and empty probabilities.
     """
-    models, meta = artifact.load_models(run_dir)
+    models, meta = artifact.load_fold_models(run_dir)
     pre = meta.preprocess
     rows, arrays, ok = [], [], []
     for path in expand_paths(paths):
@@ -54,16 +54,20 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
             log.warning("%s", exc)
             rows.append({"path": str(path), "error": str(exc)})
     if arrays:
-        probs = _ensemble(models, meta, np.stack(arrays))
+        probs = _ensemble(list(models.values()), meta, np.stack(arrays))
         for row_index, p in zip(ok, probs, strict=True):
             rows[row_index].update({f"prob_{n}": float(v) for n, v in zip(meta.class_names, p, strict=True)})
             rows[row_index]["pred"] = meta.class_names[_decide(p, meta)]
     return rows
 
 
-def _ensemble(models: list, meta: artifact.ModelMeta, images: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+def _ensemble(folds: list[list], meta: artifact.ModelMeta, images: np.ndarray,
+              idx: np.ndarray | None = None) -> np.ndarray:
+    """Mean probabilities over fold models; a fold's ensemble members (``train.ensemble``) are averaged first,
+    then the run's temperature is applied per fold — as the run itself did for its out-of-fold predictions."""
     idx = np.arange(len(images)) if idx is None else idx
-    runs = [predict_probs(m, meta.normalizer(), images, idx, tta=meta.tta) for m in models]
+    runs = [np.mean([predict_probs(m, meta.normalizer(), images, idx, tta=meta.tta) for m in members], axis=0)
+            for members in folds]
     if meta.temperature:  # the run's validation-fitted temperature, applied per fold model as in training
         from medtl.evaluate.calibration import apply_temperature
 
@@ -162,7 +166,7 @@ def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, 
         if fold not in models:
             raise MedtlError(f"{run_dir}/{artifact.MODEL_DIR}: no model file for fold {fold}")
         rows_of = np.flatnonzero(folds == fold)
-        probs[rows_of] = _ensemble(models[fold], meta, loaded.images, index[rows_of])
+        probs[rows_of] = _ensemble([models[fold]], meta, loaded.images, index[rows_of])
     log.info("%d images predicted again with tta '%s' by their own fold's model", len(rows), meta.tta)
     return labels, probs, np.array([r["group"] for r in rows], dtype=object)
 
@@ -178,8 +182,8 @@ def _predict_dataset(run_dir: Path, meta: artifact.ModelMeta, data: DataConfig):
     loaded = load_images(table, data)
     samples = loaded.table.samples
     keep = [i for i, s in enumerate(samples) if s.split == "test"] or list(range(len(samples)))
-    models, _ = artifact.load_models(run_dir)
-    probs = _ensemble(models, meta, loaded.images[keep])
+    models, _ = artifact.load_fold_models(run_dir)
+    probs = _ensemble(list(models.values()), meta, loaded.images[keep])
     labels = np.array([samples[i].label for i in keep])
     groups = np.array([samples[i].patient or loaded.hashes[i] for i in keep], dtype=object)
     return labels, probs, groups
