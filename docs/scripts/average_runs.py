@@ -8,11 +8,13 @@ multiples of 1000 are the members of ``train.ensemble``, so their mean is what t
 
 Each run's own test (out-of-fold) images are predicted again by their fold's saved model with the
 given test-time augmentation (as ``medtl evaluate RUN --tta``); the runs must cover the same images.
+``--label-issues FILE`` also runs the label audit (as every new run does) on the averaged probabilities.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from medtl import artifact
 from medtl.errors import MedtlError
+from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import summarize
 from medtl.predict import repredict_own
 
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--tta", default="hflip", help="none, hflip or hflip_zoom")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--label-issues", type=Path, help="write the label audit of the averaged probabilities here")
     args = parser.parse_args()
     probs, result, reference = [], {}, None
     for run in args.runs:
@@ -45,8 +49,14 @@ def main() -> None:
         result[str(run)] = {k: round(one[k]["value"], 4) for k in KEYS}
     mean = summarize(reference, np.mean(probs, axis=0), groups, meta.class_names, meta.positive_index,
                      meta.threshold, args.bootstrap, 0)
-    result["mean"] = {k: {"value": round(mean[k]["value"], 4), "ci95": [round(x, 4) for x in mean[k]["ci95"]]}
-                      for k in KEYS}
+    result["mean"] = {k: {"value": round(mean[k]["value"], 4),
+                          "ci95": [None if x is None else round(x, 4) for x in mean[k]["ci95"]]} for k in KEYS}
+    if args.label_issues:
+        with open(args.runs[0] / "predictions.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        result["label_issues"] = audit_labels(args.label_issues, [r["id"] for r in rows], [r["path"] for r in rows],
+                                              [int(r["fold"]) for r in rows], reference, np.mean(probs, axis=0),
+                                              meta.class_names)
     print(json.dumps({"tta": args.tta, **result}, indent=1))
 
 
