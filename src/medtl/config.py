@@ -295,6 +295,14 @@ class TrainConfig(StrictModel):
     # validation and test use the mean of their softmax. Costs ``ensemble`` times the training time.
     ensemble: int = Field(1, ge=1, le=50)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Mixup / CutMix (timm ``Mixup``, one mixing coefficient per batch, soft targets): Beta(alpha, alpha)
+    # parameters, 0 = off; with both on, each batch uses one of them at random. ``mix_prob``: the share of
+    # training batches mixed. The mixing acts on what the trained part receives: images, the cached activation
+    # maps at the cut with ``prefix_cache`` (manifold mixup), pooled features for a frozen-feature head
+    # (mixup only: CutMix needs image-shaped input).
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, gt=0.0, le=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     early_stopping: EarlyStoppingConfig | None = None
     seed: int = 0

@@ -358,3 +358,75 @@ def test_zero_tolerance_means_no_ties() -> None:
     keeper = BestWeights("val_auc", patience=2, tie_tolerance=0.0, ties="later")
     trained = _replay(keeper, SCORES, LOSSES)
     assert keeper.best_epoch == 1 and trained == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------- mixup / cutmix
+
+
+def test_mixup_mixes_each_image_with_its_reverse_partner_and_keeps_an_odd_last_image() -> None:
+    np.random.seed(0)
+    module = ClassifierModule(nn.Linear(3, 2), config(mixup=0.4), positive_index=1)
+    x = torch.randn(7, 3)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 1])
+    before = x.clone()
+    mixed, target = module._mix(x, y)
+    assert target.shape == (7, 2)
+    assert torch.allclose(target.sum(1), torch.ones(7))
+    partner = torch.arange(5, -1, -1)  # the even part (6 images) is mixed with its reverse
+    lam = float(target[2, 1])  # image 2 (label 1) with image 3 (label 0): its target gives the coefficient
+    assert 0.0 < lam < 1.0
+    for i in range(6):
+        j = int(partner[i])
+        assert torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j], atol=1e-6)
+        expected = lam * nn.functional.one_hot(y[i], 2).float() + (1 - lam) * nn.functional.one_hot(y[j], 2).float()
+        assert torch.allclose(target[i], expected, atol=1e-6)
+    assert torch.equal(mixed[6], x[6])  # the odd one out is not mixed and not dropped
+    assert torch.equal(target[6], torch.tensor([0.0, 1.0]))
+    assert torch.equal(x, before)  # the caller's batch is not modified in place
+
+
+def test_mixup_targets_include_label_smoothing() -> None:
+    np.random.seed(1)
+    module = ClassifierModule(nn.Linear(3, 2), config(mixup=0.4, label_smoothing=0.2), positive_index=1)
+    _, target = module._mix(torch.randn(3, 3), torch.tensor([1, 1, 1]))
+    assert torch.allclose(target, torch.tensor([[0.1, 0.9]]).expand(3, 2))
+
+
+def test_cutmix_pastes_a_box_of_the_partner_image_and_weights_the_targets_by_its_area() -> None:
+    np.random.seed(2)
+    module = ClassifierModule(nn.Sequential(nn.Flatten(), nn.Linear(2 * 16 * 16, 2)), config(cutmix=1.0),
+                              positive_index=1)
+    x = torch.stack([torch.zeros(2, 16, 16), torch.ones(2, 16, 16)])
+    mixed, target = module._mix(x, torch.tensor([0, 1]))
+    pasted = float(mixed[0].mean())  # image 0 is zeros: the pasted ones are the partner's share
+    assert 0.0 < pasted < 1.0
+    assert torch.allclose(mixed[1], 1 - mixed[0])  # the same box the other way round
+    assert target[0, 1] == pytest.approx(pasted, abs=1e-6)
+
+
+def test_cutmix_on_frozen_features_is_a_clear_error() -> None:
+    module = ClassifierModule(nn.Linear(3, 2), config(cutmix=1.0), positive_index=1)
+    with pytest.raises(TrainingError, match="train.cutmix needs image-shaped input"):
+        module._mix(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+
+
+def test_fit_with_mixup_learns_and_changes_the_training() -> None:
+    val = blobs(100, seed=2)
+    results = {}
+    for alpha in (0.0, 0.4):
+        torch.manual_seed(0)
+        module = ClassifierModule(nn.Linear(2, 2), config(mixup=alpha), positive_index=1)
+        results[alpha] = fit(module, blobs(201, seed=1), val, config(mixup=alpha), seed=0, progress=False)
+    x, y = val.tensors
+    with torch.no_grad():
+        accuracy = float((results[0.4].model(x).argmax(1) == y).float().mean())
+    assert accuracy > 0.9
+    assert results[0.4].history[0]["train_loss"] != results[0.0].history[0]["train_loss"]
+    # soft targets keep the training loss away from zero on separable data
+    assert results[0.4].history[-1]["train_loss"] > results[0.0].history[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("key", ["mixup", "cutmix"])
+def test_negative_mix_alpha_is_rejected(key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        TrainConfig(**{key: -0.1})

@@ -16,6 +16,8 @@ import lightning as L
 import numpy as np
 import sklearn
 import torch
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -56,6 +58,9 @@ class ClassifierModule(L.LightningModule):
         self.positive_index = positive_index
         self.prepare = prepare or (lambda x: x)
         self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+        # Mixed batches carry soft targets that already include the label smoothing.
+        self.soft_loss_fn = nn.CrossEntropyLoss(weight=class_weights)
+        self.mixer: Mixup | None = None
         self.history: list[dict[str, float]] = []
         self._train: list[tuple[float, int, int]] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -72,8 +77,15 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.loss_fn(logits.float(), y)
+        x = self.prepare(x)
+        if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
+            x, target = self._mix(x, y)
+            logits = self.model(x)
+            loss = self.soft_loss_fn(logits.float(), target)
+            y = target.argmax(1)  # training accuracy against the dominant label of each mixed image
+        else:
+            logits = self.model(x)
+            loss = self.loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
@@ -81,6 +93,28 @@ class ClassifierModule(L.LightningModule):
         correct = int((logits.argmax(1) == y).sum())
         self._train.append((float(loss.detach()) * len(y), correct, len(y)))
         return loss
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup / CutMix of a training batch (timm ``Mixup``): mixed inputs and soft targets.
+
+        timm mixes an even batch with its reverse; an odd batch's last image stays unmixed (one-hot
+        target, smoothed), so no image is dropped from an epoch.
+        """
+        if self.mixer is None:
+            if self.cfg.cutmix > 0 and x.dim() != 4:
+                raise TrainingError(f"train.cutmix needs image-shaped input, got a batch of shape {tuple(x.shape)} "
+                                    "(a head trained on frozen features); use train.mixup there, or cutmix: 0")
+            self.mixer = Mixup(mixup_alpha=self.cfg.mixup, cutmix_alpha=self.cfg.cutmix, prob=self.cfg.mix_prob,
+                               label_smoothing=self.cfg.label_smoothing, num_classes=_num_outputs(self.model))
+        n = len(y) - len(y) % 2
+        if n == 0:
+            return x, mixup_target(y, self.mixer.num_classes, 1.0, self.cfg.label_smoothing)
+        x = x.clone()
+        x[:n], mixed = self.mixer(x[:n], y[:n])
+        if n == len(y):
+            return x, mixed
+        rest = mixup_target(y[n:], self.mixer.num_classes, 1.0, self.cfg.label_smoothing)
+        return x, torch.cat([mixed, rest])
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -122,6 +156,14 @@ class ClassifierModule(L.LightningModule):
                                  cosine=self.cfg.scheduler == "cosine")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _num_outputs(model: nn.Module) -> int:
+    """Classes a classifier predicts: the output width of its last linear layer."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise TrainingError("train.mixup / train.cutmix: the model has no linear output layer to size the targets")
+    return linear[-1].out_features
 
 
 def auc_standard_error(auc: float, y: np.ndarray, positive_index: int | None) -> float:
