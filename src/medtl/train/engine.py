@@ -58,7 +58,8 @@ class ClassifierModule(L.LightningModule):
         self.positive_index = positive_index
         self.prepare = prepare or (lambda x: x)
         self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-        # Mixed batches carry soft targets that already include the label smoothing.
+        # Mixed batches carry soft targets that already include the label smoothing. With class weights,
+        # torch averages a soft-target loss over images, not over the weights (a constant rescaling).
         self.soft_loss_fn = nn.CrossEntropyLoss(weight=class_weights)
         self.mixer: Mixup | None = None
         self.history: list[dict[str, float]] = []
