@@ -367,8 +367,8 @@ def test_mixup_and_cutmix_train_end_to_end(brain_mri: Path, tmp_path: Path, monk
     # 30 images at 64 px for 3 epochs: whether mixing helps is measured on real runs (docs/results.md);
     # here it must train, predict every image and change the training (learning is tested on blobs).
     assert runs["mixed"]["n"] == 30 and 0.0 <= runs["mixed"]["auc"]["value"] <= 1.0
-    loss = {name: [float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / name / "history.csv"))]
-            for name in runs}
+    loss = {name: [float(r["train_loss"]) for r in csv.DictReader(
+        (tmp_path / name / "history.csv").read_text().splitlines())] for name in runs}
     assert all(np.isfinite(loss["mixed"])) and len(loss["mixed"]) == len(loss["plain"])
     assert loss["mixed"] != loss["plain"]  # the mixing reached the training steps
 
