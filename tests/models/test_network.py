@@ -131,3 +131,28 @@ def test_nested_train_call_keeps_frozen_batchnorm_in_eval(lite0: TransferNet) ->
     wrapper.train()
     assert not any(m.training for m in lite0.backbone.modules() if isinstance(m, nn.BatchNorm2d))
     assert lite0.head.training
+
+
+def test_frozen_blocks_run_without_stochastic_depth_while_trainable_blocks_keep_it() -> None:
+    """A frozen block is wholly in eval mode under ``model.train()``: its DropPath is off, so the frozen
+    part gives the same features on every call (as the prefix cache computes them), while the trainable
+    blocks above the cut keep their stochastic depth."""
+    torch.manual_seed(0)
+    model, _ = create_model(ARCH, "none", 2, drop_path_rate=0.5)
+    apply_strategy(model, TransferConfig(strategy="fine_tune", unfreeze_from="blocks.4", bn="train"))
+    model.train()
+    bb = model.backbone
+    drop_paths = lambda blocks: [m for m in blocks.modules() if type(m).__name__ == "DropPath"]  # noqa: E731
+    frozen_dp, trainable_dp = drop_paths(bb.blocks[:4]), drop_paths(bb.blocks[4:])
+    assert frozen_dp and trainable_dp
+    assert not any(m.training for m in frozen_dp)
+    assert all(m.training for m in trainable_dp)
+    assert not any(m.training for i in range(4) for m in bb.blocks[i].modules()) and not bb.conv_stem.training
+
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        prefix = lambda: bb.blocks[:4](bb.bn1(bb.conv_stem(x)))  # noqa: E731
+        assert torch.equal(prefix(), prefix())  # frozen part: deterministic in train mode
+        top = lambda: bb.blocks[4:](prefix())  # noqa: E731
+        assert not torch.equal(top(), top())  # trainable part: stochastic depth still acts
+    assert frozen_modules(bb)[0] is bb.conv_stem and bb.blocks[3] in frozen_modules(bb)

@@ -66,8 +66,10 @@ class TransferNet(nn.Module):
         return self.head(self.backbone(x))
 
     def train(self, mode: bool = True) -> TransferNet:
-        """Like ``nn.Module.train`` but frozen modules (no trainable parameters) stay in eval mode,
-        so the BatchNorm statistics of frozen layers are never updated."""
+        """Like ``nn.Module.train`` but frozen modules (parameters, none of them trainable) stay in eval
+        mode with everything inside them: the BatchNorm statistics of frozen layers are never updated,
+        and a frozen block's stochastic depth or dropout is off, so the frozen part computes the same
+        features as the prefix cache and feature extraction do."""
         super().train(mode)
         if mode:
             for module in frozen_modules(self.backbone):
@@ -80,12 +82,24 @@ class TransferNet(nn.Module):
 
 
 def frozen_modules(root: nn.Module) -> list[nn.Module]:
-    """Leaf-most modules with parameters, none of which is trainable (BatchNorm included)."""
-    out = []
-    for module in root.modules():
-        params = list(module.parameters(recurse=False))
-        if params and not any(p.requires_grad for p in params):
+    """The largest frozen submodules of ``root``: modules that hold parameters, none of them trainable,
+    whose parent is not frozen as a whole (``root`` itself when all of it is frozen). A frozen block is
+    listed once, not its layers, so that ``eval()`` on it reaches its parameter-free parts (DropPath,
+    Dropout) too."""
+    def frozen(module: nn.Module) -> bool:
+        params = list(module.parameters())
+        return bool(params) and not any(p.requires_grad for p in params)
+
+    out: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        if frozen(module):
             out.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(root)
     return out
 
 
