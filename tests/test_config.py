@@ -178,3 +178,21 @@ def test_bad_values_of_the_new_training_keys_are_named(tmp_path: Path, override:
                                                   "evaluate.tta=hflip_zoom", "train.ensemble=3"])
     assert good.train.early_stopping.ties == "lower_loss" and good.train.ema_decay == 0.9
     assert good.evaluate.tta == "hflip_zoom" and good.train.ensemble == 3
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_files_validate(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBT_DATA", "/data/dbt")  # the DBT recipe names the user's own copy
+    cfg = load_config(path)
+    assert cfg.name and cfg.model.backbone
+
+
+def test_shipped_brain_yaml_is_the_issue_yaml_and_the_small_data_recipe_adds_only_regularisers() -> None:
+    exact = load_config(REPO / "experiments" / "brain_mri_lite0.yaml")
+    assert dump_config(exact) == dump_config(parse_config(yaml.safe_load(EXAMPLE)))
+    recipe = load_config(REPO / "experiments" / "brain_mri_lite0_small_data.yaml")
+    changed = exact.model_copy(deep=True)
+    changed.name = recipe.name
+    changed.model.drop_path_rate, changed.train.mixup, changed.train.ensemble = 0.2, 0.2, 3
+    changed.evaluate.tta = "hflip_zoom"
+    assert dump_config(recipe) == dump_config(changed)
