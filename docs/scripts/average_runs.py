@@ -9,6 +9,13 @@ multiples of 1000 are the members of ``train.ensemble``, so their mean is what t
 Each run's own test (out-of-fold) images are predicted again by their fold's saved model with the
 given test-time augmentation (as ``medtl evaluate RUN --tta``); the runs must cover the same images.
 ``--label-issues FILE`` also runs the label audit (as every new run does) on the averaged probabilities.
+
+``--saved`` averages the probabilities the runs saved (``predictions.csv``, with each run's own TTA) instead
+of predicting again; where every run also saved ``val_predictions.csv`` for the same validation images (a
+predefined test set, e.g. the chest X-rays), the threshold is chosen on the averaged validation
+probabilities by the first run's ``evaluate.threshold_rule`` -- never on the test images:
+
+    .venv/bin/python docs/scripts/average_runs.py --saved runs/chest-ftfull-e8 runs/chest-ftcut-lite1
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from medtl import artifact
 from medtl.errors import MedtlError
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import summarize
+from medtl.evaluate.threshold import choose_threshold
 from medtl.predict import repredict_own
 
 KEYS = ("accuracy", "sensitivity", "specificity", "auc")
@@ -34,21 +42,28 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--tta", default="hflip", help="none, hflip or hflip_zoom")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--saved", action="store_true",
+                        help="average the saved predictions (and choose the threshold on saved validation ones)")
     parser.add_argument("--label-issues", type=Path, help="write the label audit of the averaged probabilities here")
     args = parser.parse_args()
     probs, result, reference = [], {}, None
     for run in args.runs:
         meta = artifact.load_meta(run)
         meta.tta = args.tta
-        labels, p, groups = repredict_own(run, meta)
+        labels, p, groups = _saved(run / "predictions.csv", meta) if args.saved else repredict_own(run, meta)
         if reference is not None and not np.array_equal(reference, labels):
             raise MedtlError(f"{run}: its predictions cover other images or labels than {args.runs[0]}")
         reference = labels
         probs.append(p)
         one = summarize(labels, p, groups, meta.class_names, meta.positive_index, meta.threshold, 0, 0)
         result[str(run)] = {k: round(one[k]["value"], 4) for k in KEYS}
+    first = artifact.load_meta(args.runs[0])
+    threshold = _val_threshold(args.runs, first) if args.saved else None
+    if threshold is None:
+        threshold = first.threshold
+    result["threshold"] = round(threshold, 6)
     mean = summarize(reference, np.mean(probs, axis=0), groups, meta.class_names, meta.positive_index,
-                     meta.threshold, args.bootstrap, 0)
+                     threshold, args.bootstrap, 0)
     result["mean"] = {k: {"value": round(mean[k]["value"], 4),
                           "ci95": [None if x is None else round(x, 4) for x in mean[k]["ci95"]]} for k in KEYS}
     if args.label_issues:
@@ -57,7 +72,38 @@ def main() -> None:
         result["label_issues"] = audit_labels(args.label_issues, [r["id"] for r in rows], [r["path"] for r in rows],
                                               [int(r["fold"]) for r in rows], reference, np.mean(probs, axis=0),
                                               meta.class_names)
-    print(json.dumps({"tta": args.tta, **result}, indent=1))
+    print(json.dumps({"tta": "as saved by each run" if args.saved else args.tta, **result}, indent=1))
+
+
+def _saved(path: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, class probabilities (columns in ``meta.class_names`` order) and groups saved in ``path``."""
+    if not path.is_file():
+        raise MedtlError(f"{path} not found; is the run finished?")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in meta.class_names] for r in rows])
+    return labels, probs, np.array([r["group"] for r in rows])
+
+
+def _val_threshold(runs: list[Path], first: artifact.ModelMeta) -> float | None:
+    """The first run's threshold rule applied to the runs' averaged validation probabilities, if all have them."""
+    paths = [run / "val_predictions.csv" for run in runs]
+    if first.positive_index is None or not all(p.is_file() for p in paths):
+        return None
+    ids, probs, labels = None, [], None
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        these = [r["id"] for r in rows]
+        if ids is not None and these != ids:
+            raise MedtlError(f"{path}: other validation images than {paths[0]}; the runs used different splits")
+        ids, labels = these, np.array([int(r["label"]) for r in rows])
+        probs.append([float(r[f"prob_{first.class_names[first.positive_index]}"]) for r in rows])
+    evaluate = first.config.get("evaluate", {})
+    y = (labels == first.positive_index).astype(int)
+    return choose_threshold(y, np.mean(probs, axis=0), evaluate.get("threshold_rule", "fixed"),
+                            evaluate.get("threshold_target"))
 
 
 if __name__ == "__main__":
