@@ -29,10 +29,11 @@ import numpy as np
 
 from medtl import artifact
 from medtl.errors import MedtlError
+from medtl.evaluate.compare import read_predictions
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import summarize
 from medtl.evaluate.threshold import choose_threshold
-from medtl.predict import repredict_own
+from medtl.predict import _read_predictions, repredict_own
 
 KEYS = ("accuracy", "sensitivity", "specificity", "auc")
 
@@ -50,7 +51,10 @@ def main() -> None:
     for run in args.runs:
         meta = artifact.load_meta(run)
         meta.tta = args.tta
-        labels, p, groups = _saved(run / "predictions.csv", meta) if args.saved else repredict_own(run, meta)
+        if args.saved:
+            labels, p, groups = _read_predictions(run / "predictions.csv", meta.class_names)
+        else:
+            labels, p, groups = repredict_own(run, meta)
         if reference is not None and not np.array_equal(reference, labels):
             raise MedtlError(f"{run}: its predictions cover other images or labels than {args.runs[0]}")
         reference = labels
@@ -75,35 +79,19 @@ def main() -> None:
     print(json.dumps({"tta": "as saved by each run" if args.saved else args.tta, **result}, indent=1))
 
 
-def _saved(path: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, class probabilities (columns in ``meta.class_names`` order) and groups saved in ``path``."""
-    if not path.is_file():
-        raise MedtlError(f"{path} not found; is the run finished?")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    labels = np.array([int(r["label"]) for r in rows])
-    probs = np.array([[float(r[f"prob_{c}"]) for c in meta.class_names] for r in rows])
-    return labels, probs, np.array([r["group"] for r in rows])
-
-
 def _val_threshold(runs: list[Path], first: artifact.ModelMeta) -> float | None:
     """The first run's threshold rule applied to the runs' averaged validation probabilities, if all have them."""
     paths = [run / "val_predictions.csv" for run in runs]
     if first.positive_index is None or not all(p.is_file() for p in paths):
         return None
-    ids, probs, labels = None, [], None
-    for path in paths:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        these = [r["id"] for r in rows]
-        if ids is not None and these != ids:
+    parts = [read_predictions(p, (first.class_names, first.positive_index)) for p in paths]
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        if part.ids != parts[0].ids:
             raise MedtlError(f"{path}: other validation images than {paths[0]}; the runs used different splits")
-        ids, labels = these, np.array([int(r["label"]) for r in rows])
-        probs.append([float(r[f"prob_{first.class_names[first.positive_index]}"]) for r in rows])
     evaluate = first.config.get("evaluate", {})
-    y = (labels == first.positive_index).astype(int)
-    return choose_threshold(y, np.mean(probs, axis=0), evaluate.get("threshold_rule", "fixed"),
-                            evaluate.get("threshold_target"))
+    y = (parts[0].labels == first.positive_index).astype(int)
+    return choose_threshold(y, np.mean([p.probs[:, first.positive_index] for p in parts], axis=0),
+                            evaluate.get("threshold_rule", "fixed"), evaluate.get("threshold_target"))
 
 
 if __name__ == "__main__":

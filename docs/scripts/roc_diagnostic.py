@@ -17,15 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_curve
 
 from medtl import artifact
-
-
-def _scores(path: Path, positive: str) -> pd.DataFrame:
-    frame = pd.read_csv(path).set_index("id")
-    return frame[["label", f"prob_{positive}"]].rename(columns={f"prob_{positive}": "score"})
+from medtl.evaluate.compare import Predictions, read_predictions
 
 
 def _best(labels: np.ndarray, score: np.ndarray, positive_index: int) -> dict[str, float]:
@@ -44,23 +39,25 @@ def main() -> None:
     args = parser.parse_args()
     meta = artifact.load_meta(args.runs[0])
     positive_index = 1 if meta.positive_index is None else meta.positive_index
-    positive = meta.class_names[positive_index]
-    result, test_scores = {}, []
+    info = (meta.class_names, positive_index)
+
+    def negative_median(p: Predictions) -> float:
+        return round(float(np.median(p.probs[p.labels != positive_index, positive_index])), 4)
+
+    result, tests = {}, []
     for run in args.runs:
-        test = _scores(run / "predictions.csv", positive)
-        if test_scores and not test.index.equals(test_scores[0].index):
+        test = read_predictions(run / "predictions.csv", info)
+        if tests and test.ids != tests[0].ids:
             raise SystemExit(f"{run}: other test images than {args.runs[0]}")
-        test_scores.append(test)
-        row = _best(test["label"].to_numpy(), test["score"].to_numpy(), positive_index)
-        val_path = run / "val_predictions.csv"
-        if val_path.is_file():
-            val = _scores(val_path, positive)
-            row["median_negative_score_val"] = round(float(val.loc[val.label != positive_index, "score"].median()), 4)
-        row["median_negative_score_test"] = round(float(test.loc[test.label != positive_index, "score"].median()), 4)
+        tests.append(test)
+        row = _best(test.labels, test.probs[:, positive_index], positive_index)
+        if (run / "val_predictions.csv").is_file():
+            row["median_negative_score_val"] = negative_median(read_predictions(run / "val_predictions.csv", info))
+        row["median_negative_score_test"] = negative_median(test)
         result[str(run)] = row
-    if len(test_scores) > 1:
-        mean = np.mean([t["score"].to_numpy() for t in test_scores], axis=0)
-        result["mean"] = _best(test_scores[0]["label"].to_numpy(), mean, positive_index)
+    if len(tests) > 1:
+        mean = np.mean([t.probs[:, positive_index] for t in tests], axis=0)
+        result["mean"] = _best(tests[0].labels, mean, positive_index)
     print(json.dumps(result, indent=1))
 
 
