@@ -7,7 +7,12 @@ from __future__ import annotations
 
 
 class MedtlError(Exception):
-    """Base class of every error medtl raises on purpose."""
+    """Base class of every error medtl raises on purpose.
+
+    ``exit_code`` is what the CLI exits with when this error ends a command.
+    """
+
+    exit_code: int = 1
 
 
 class ConfigError(MedtlError):
@@ -24,3 +29,9 @@ class WeightsError(MedtlError):
 
 class TrainingError(MedtlError):
     """Training diverged or could not proceed (e.g. NaN loss)."""
+
+
+class RunInterrupted(MedtlError):
+    """The user interrupted a run (Ctrl-C); the message says what was kept and how to continue."""
+
+    exit_code = 130
