@@ -12,7 +12,7 @@ class MedtlError(Exception):
     ``exit_code`` is what the CLI exits with when this error ends a command.
     """
 
-    exit_code: int = 1
+    exit_code: int = 2
 
 
 class ConfigError(MedtlError):
