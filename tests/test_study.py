@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 import medtl.study as study_mod
+from medtl import rundir
 from medtl.cli import app
 from medtl.config import REPO_ROOT, ExperimentConfig, dump_config
 from medtl.errors import ConfigError
@@ -47,7 +48,7 @@ class FakeRun:
 
     def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
         out_dir = Path(out_dir)
-        assert not (out_dir / "metrics.json").exists(), "run_experiment refuses a finished run directory"
+        assert not rundir.is_complete(out_dir), "run_experiment refuses a finished run directory"
         self.calls.append(out_dir.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
@@ -63,6 +64,7 @@ class FakeRun:
             for id_, y, p in zip(ids, labels, probs, strict=True):
                 writer.writerow([id_, f"/d/{id_}", 0, y, NAMES[y], id_, p[0], p[1], NAMES[int(p[1] >= 0.5)]])
         (out_dir / "metrics.json").write_text(json.dumps(metrics))
+        rundir.mark_complete(out_dir)
         return metrics
 
 
@@ -228,7 +230,7 @@ def test_resume_runs_only_unfinished_cells(tmp_path: Path, fake: FakeRun) -> Non
     fake.calls.clear()
     result = run_study(load_study(path), out, progress=False)
     assert fake.calls == [] and len(result.skipped) == 4 and len(result.rows) == 4
-    (out / "cells" / "ft-0" / "metrics.json").unlink()  # interrupted: no metrics.json
+    (out / "cells" / "ft-0" / rundir.COMPLETE).unlink()  # interrupted: no completion marker
     (out / "cells" / "ft-0" / "stale.txt").write_text("left over")
     run_study(load_study(path), out, progress=False)
     assert fake.calls == ["ft-0"]

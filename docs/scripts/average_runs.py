@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl import artifact
+from medtl import artifact, rundir
 from medtl.errors import MedtlError
-from medtl.evaluate.compare import read_predictions
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import summarize
 from medtl.evaluate.threshold import choose_threshold
-from medtl.predict import _read_predictions, repredict_own
+from medtl.predict import repredict_own
 
 KEYS = ("accuracy", "sensitivity", "specificity", "auc")
 
@@ -52,7 +51,8 @@ def main() -> None:
         meta = artifact.load_meta(run)
         meta.tta = args.tta
         if args.saved:
-            labels, p, groups = _read_predictions(run / "predictions.csv", meta.class_names)
+            saved = rundir.read_predictions(run / rundir.PREDICTIONS, (meta.class_names, meta.positive_index))
+            labels, p, groups = saved.labels, saved.probs, np.array(saved.groups, dtype=object)
         else:
             labels, p, groups = repredict_own(run, meta)
         if reference is not None and not np.array_equal(reference, labels):
@@ -81,10 +81,10 @@ def main() -> None:
 
 def _val_threshold(runs: list[Path], first: artifact.ModelMeta) -> float | None:
     """The first run's threshold rule applied to the runs' averaged validation probabilities, if all have them."""
-    paths = [run / "val_predictions.csv" for run in runs]
+    paths = [run / rundir.VAL_PREDICTIONS for run in runs]
     if first.positive_index is None or not all(p.is_file() for p in paths):
         return None
-    parts = [read_predictions(p, (first.class_names, first.positive_index)) for p in paths]
+    parts = [rundir.read_predictions(p, (first.class_names, first.positive_index)) for p in paths]
     for path, part in zip(paths[1:], parts[1:], strict=True):
         if part.ids != parts[0].ids:
             raise MedtlError(f"{path}: other validation images than {paths[0]}; the runs used different splits")

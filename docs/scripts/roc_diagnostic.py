@@ -20,7 +20,8 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from medtl import artifact
-from medtl.evaluate.compare import Predictions, read_predictions
+from medtl.evaluate.compare import Predictions
+from medtl.rundir import read_predictions
 
 
 def _best(labels: np.ndarray, score: np.ndarray, positive_index: int) -> dict[str, float]:

@@ -15,12 +15,13 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medtl import rundir
 from medtl.config import HeadConfig
 from medtl.data.transforms import Normalizer
 from medtl.errors import MedtlError
 from medtl.models.network import Preprocessing, TransferNet, create_model
 
-MODEL_DIR = "model"
+MODEL_DIR = rundir.MODEL_DIR
 
 
 @dataclass
@@ -58,23 +59,21 @@ def save_fold(run_dir: Path, fold: int, model: nn.Module, member: int = 0) -> st
     target.mkdir(parents=True, exist_ok=True)
     name = f"fold{fold}.safetensors" if member == 0 else f"fold{fold}-m{member}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(target / name))
+    with rundir.atomic_path(target / name) as tmp:
+        save_file(state, str(tmp))
     return name
 
 
 def save_meta(run_dir: Path, meta: ModelMeta) -> Path:
     """Write ``model/model.json``."""
-    path = run_dir / MODEL_DIR / "model.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(meta), indent=2))
-    return path
+    return rundir.write_text(run_dir / rundir.MODEL_META, json.dumps(asdict(meta), indent=2))
 
 
 def load_meta(run_dir: Path) -> ModelMeta:
     """Read ``model/model.json`` of a run directory."""
-    path = Path(run_dir) / MODEL_DIR / "model.json"
+    path = Path(run_dir) / rundir.MODEL_META
     if not path.is_file():
-        raise MedtlError(f"{run_dir}: no {MODEL_DIR}/model.json; is this a finished medtl run directory?")
+        raise MedtlError(f"{run_dir}: no {rundir.MODEL_META}; is this a finished medtl run directory?")
     return ModelMeta(**json.loads(path.read_text()))
 
 

@@ -208,8 +208,8 @@ def compare(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run di
             md_file: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table.")] = None,
             ) -> None:
     """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images."""
+    from medtl import rundir
     from medtl.evaluate.compare import (
-        compare_runs,
         comparison_csv,
         comparison_markdown,
         comparison_table,
@@ -217,7 +217,7 @@ def compare(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run di
     )
 
     try:
-        rows = compare_runs(run_dirs, baseline)
+        rows = rundir.compare_runs(run_dirs, baseline)
     except MedtlError as exc:
         _fail(exc)
     out.print(comparison_table(rows))

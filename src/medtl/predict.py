@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl import artifact
+from medtl import artifact, rundir
 from medtl.config import DataConfig, EvaluateConfig
 from medtl.data.images import open_image, to_array
 from medtl.data.sources import load_images, load_table
 from medtl.data.transforms import TTA_VIEWS
 from medtl.errors import DataError, MedtlError
-from medtl.evaluate.metrics import summarize
+from medtl.evaluate.metrics import predict_classes, summarize
 from medtl.train.inference import predict_probs
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
 
     Unreadable files are not dropped: their row carries the error and empty probabilities.
     """
-    models, meta = artifact.load_fold_models(run_dir)
+    models, meta = artifact.load_fold_models(rundir.require_complete(run_dir))
     pre = meta.preprocess
     rows, arrays, ok = [], [], []
     for path in expand_paths(paths):
@@ -76,10 +76,7 @@ def _ensemble(folds: list[list], meta: artifact.ModelMeta, images: np.ndarray,
 
 
 def _decide(p: np.ndarray, meta: artifact.ModelMeta) -> int:
-    if len(p) == 2 and meta.positive_index is not None:
-        pos = meta.positive_index
-        return pos if p[pos] >= meta.threshold else 1 - pos
-    return int(np.argmax(p))
+    return int(predict_classes(p[None, :], meta.positive_index, meta.threshold)[0])
 
 
 def rows_to_csv(rows: list[dict], class_names: list[str]) -> str:
@@ -102,7 +99,7 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None
     run's own test images (out-of-fold for k-fold) are predicted again, each by its own fold's model,
     at the run's threshold and temperature — nothing in the run directory changes.
     """
-    run_dir = Path(run_dir)
+    run_dir = rundir.require_complete(Path(run_dir))
     meta = artifact.load_meta(run_dir)
     if tta is not None:
         if tta not in TTA_VIEWS:
@@ -112,7 +109,8 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None
     if data is None and tta is not None:
         labels, probs, groups = repredict_own(run_dir, meta)
     elif data is None:
-        labels, probs, groups = _read_predictions(run_dir / "predictions.csv", meta.class_names)
+        table = rundir.read_predictions(run_dir / rundir.PREDICTIONS, (meta.class_names, meta.positive_index))
+        labels, probs, groups = table.labels, table.probs, np.array(table.groups, dtype=object)
     else:
         labels, probs, groups = _predict_dataset(run_dir, meta, data)
     metrics = summarize(labels, probs, groups, meta.class_names, meta.positive_index, meta.threshold,
@@ -123,16 +121,6 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None
     return metrics
 
 
-def _read_predictions(path: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise MedtlError(f"{path} not found; is the run finished?")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    labels = np.array([int(r["label"]) for r in rows])
-    probs = np.array([[float(r[f"prob_{n}"]) for n in class_names] for r in rows])
-    return labels, probs, np.array([r["group"] for r in rows], dtype=object)
-
-
 def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows of ``predictions.csv`` predicted again by each row's fold model(s) with ``meta.tta``.
 
@@ -141,34 +129,31 @@ def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, 
     """
     from medtl.config import ExperimentConfig
 
-    path = run_dir / "predictions.csv"
-    if not path.is_file():
-        raise MedtlError(f"{path} not found; is the run finished?")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    path = run_dir / rundir.PREDICTIONS
+    table = rundir.read_predictions(path, (meta.class_names, meta.positive_index))
     data = ExperimentConfig.model_validate(meta.config).data
     loaded = load_images(load_table(data), data)
     where = {s.id: i for i, s in enumerate(loaded.table.samples)}
-    missing = [r["id"] for r in rows if r["id"] not in where]
+    ids, labels = table.ids, table.labels
+    missing = [i for i in ids if i not in where]
     if missing:
-        raise DataError(f"{path}: {len(missing)} of {len(rows)} predicted images are not in {data.location} "
+        raise DataError(f"{path}: {len(missing)} of {len(ids)} predicted images are not in {data.location} "
                         f"any more (first: {missing[0]}); re-evaluate with the data the run was trained on")
-    index = np.array([where[r["id"]] for r in rows])
-    labels = np.array([int(r["label"]) for r in rows])
-    changed = [r["id"] for r, i in zip(rows, index, strict=True) if loaded.table.samples[i].label != int(r["label"])]
+    index = np.array([where[i] for i in ids])
+    changed = [i for i, k, y in zip(ids, index, labels, strict=True) if loaded.table.samples[k].label != y]
     if changed:
         raise DataError(f"{path}: the label of {len(changed)} image(s) differs from {data.location} "
                         f"(first: {changed[0]})")
     models, _ = artifact.load_fold_models(run_dir)
-    folds = np.array([int(r["fold"]) for r in rows])
-    probs = np.zeros((len(rows), len(meta.class_names)))
+    folds = table.folds
+    probs = np.zeros((len(ids), len(meta.class_names)))
     for fold in np.unique(folds):
         if fold not in models:
             raise MedtlError(f"{run_dir}/{artifact.MODEL_DIR}: no model file for fold {fold}")
         rows_of = np.flatnonzero(folds == fold)
         probs[rows_of] = _ensemble([models[fold]], meta, loaded.images, index[rows_of])
-    log.info("%d images predicted again with tta '%s' by their own fold's model", len(rows), meta.tta)
-    return labels, probs, np.array([r["group"] for r in rows], dtype=object)
+    log.info("%d images predicted again with tta '%s' by their own fold's model", len(ids), meta.tta)
+    return labels, probs, np.array(table.groups, dtype=object)
 
 
 def _predict_dataset(run_dir: Path, meta: artifact.ModelMeta, data: DataConfig):

@@ -46,11 +46,11 @@ from typing import Any
 import yaml
 from rich.table import Table
 
+from medtl import rundir
 from medtl.config import ExperimentConfig, dump_config, parse_config, read_yaml, resolve_paths, set_dotted
-from medtl.errors import ConfigError, MedtlError
+from medtl.errors import ConfigError, MedtlError, RunInterrupted
 from medtl.evaluate.compare import (
     TEST_COLUMNS,
-    compare_runs,
     comparison_csv,
     comparison_markdown,
     comparison_table,
@@ -473,8 +473,8 @@ def cell_is_done(cell: Cell, cell_dir: Path) -> bool:
 
 def _finished_config(run_dir: Path, label: str) -> ExperimentConfig | None:
     """The resolved config of a finished run in ``run_dir`` (None: unfinished or no longer valid)."""
-    metrics, stored = run_dir / "metrics.json", run_dir / "config.yaml"
-    if not metrics.is_file() or not stored.is_file():
+    stored = run_dir / rundir.CONFIG
+    if not rundir.is_complete(run_dir) or not stored.is_file():
         return None
     try:
         return parse_config(yaml.safe_load(stored.read_text()) or {}, str(stored))
@@ -504,8 +504,9 @@ def _reuse_cell(cell: Cell, source: Path, cell_dir: Path) -> None:
     if cell_dir.exists():
         shutil.rmtree(cell_dir)
     shutil.copytree(source, cell_dir)
-    (cell_dir / "config.yaml").write_text(dump_config(cell.config))
+    rundir.write_text(cell_dir / rundir.CONFIG, dump_config(cell.config))
     (cell_dir / "REUSED_FROM").write_text(f"{source.resolve()}\n")
+    rundir.mark_complete(cell_dir)
     cell.status, cell.error = "done", None
     log.info("cell %s: identical to the finished run %s; reused it (copied, not retrained)", cell.name, source)
 
@@ -574,6 +575,8 @@ def _run_cell(cell: Cell, cell_dir: Path, progress: bool) -> None:
     started = time.perf_counter()
     try:
         metrics = run_experiment(cell.config, cell_dir, progress=progress)
+    except RunInterrupted:
+        raise  # Ctrl-C stops the study; the cell stays unfinished and is re-run next time
     except Exception as exc:  # one failed cell must not stop the study: record it (and its traceback) and go on
         cell.status, cell.error = "failed", f"{type(exc).__name__}: {exc}"
         log.error("cell %s failed: %s", cell.name, cell.error, exc_info=not isinstance(exc, MedtlError))
@@ -606,11 +609,11 @@ def study_rows(study: Study, out_dir: Path) -> list[dict[str, Any]]:
     dirs = [out_dir / "cells" / c.name for c in done]
     names = [c.name for c in done]
     if base.status == "done":
-        rows = compare_runs(dirs, out_dir / "cells" / base.name, names)
+        rows = rundir.compare_runs(dirs, out_dir / "cells" / base.name, names)
     else:
         why = f"baseline cell {base.name} has no results ({base.status})"
         rows = [r | {"p_auc_delong": None, "p_acc_mcnemar": None, "paired_with": None, "reason": why}
-                for r in compare_runs(dirs, dirs[0], names)]
+                for r in rundir.compare_runs(dirs, dirs[0], names)]
     return [{"cell": c.name, **c.axes, **r} for c, r in zip(done, rows, strict=True)]
 
 

@@ -18,15 +18,15 @@ from medtl.config import REPO_ROOT
 from medtl.errors import DataError
 from medtl.evaluate.compare import (
     UnpairedError,
-    compare_runs,
     comparison_csv,
     comparison_markdown,
     comparison_table,
     default_columns,
-    load_run,
     pair_runs,
 )
 from medtl.evaluate.metrics import METRIC_KEYS, delong_test, mcnemar_test, summarize
+from medtl.rundir import compare_runs, mark_complete
+from medtl.rundir import load_result as load_run
 
 
 def write_run(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray,
@@ -47,6 +47,7 @@ def write_run(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarr
             pred = (positive if p[positive] >= threshold else 1 - positive) if positive is not None else p.argmax()
             writer.writerow([id_, f"/data/{id_}.png", i % 2, int(y), class_names[y], f"g{id_}",
                              *[f"{v:.9g}" for v in p], class_names[pred]])
+    mark_complete(run_dir)
     return run_dir
 
 

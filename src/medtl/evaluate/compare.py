@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ class UnpairedError(DataError):
 
 @dataclass(frozen=True)
 class Predictions:
-    """The evaluation predictions of one run (``predictions.csv``), in file order."""
+    """The rows of a run's ``predictions.csv`` (or ``val_predictions.csv``), in file order."""
 
     ids: list[str]
     labels: np.ndarray  # class index per image
@@ -51,85 +50,22 @@ class Predictions:
     pred: np.ndarray  # predicted class name per image (the run's own threshold)
     class_names: list[str]
     positive_index: int | None
+    paths: list[str] = field(default_factory=list)
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    groups: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a comparison needs from one run directory."""
+    """What a comparison needs from one run directory (read by :func:`medtl.rundir.load_result`)."""
 
     name: str
     run_dir: Path
     metrics: dict[str, Any]
     predictions: Predictions | None
-
-
-# --------------------------------------------------------------------------- reading runs
-
-
-def load_run(run_dir: str | Path, name: str | None = None) -> RunResult:
-    """Read ``metrics.json`` and (when present) ``predictions.csv`` of a finished run.
-
-    Args:
-        run_dir: A run directory written by ``medtl train`` / :func:`medtl.experiment.run_experiment`.
-        name: Display name (default: the directory's name).
-
-    Returns:
-        The run's metrics and predictions; ``predictions`` is None when the file is missing.
-
-    Raises:
-        DataError: When ``metrics.json`` is missing or unreadable, or ``predictions.csv`` is malformed.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: {run_dir} is not a finished run (train it with medtl train)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); re-run the experiment") from None
-    preds = run_dir / "predictions.csv"
-    predictions = read_predictions(preds, _class_info(run_dir, metrics)) if preds.is_file() else None
-    return RunResult(name or run_dir.name, run_dir, metrics, predictions)
-
-
-def _class_info(run_dir: Path, metrics: dict[str, Any]) -> tuple[list[str] | None, int | None]:
-    """Class names and positive index from ``model/model.json``, else from ``metrics.json``."""
-    meta = run_dir / "model" / "model.json"
-    if meta.is_file():
-        model = json.loads(meta.read_text())
-        return model.get("class_names"), model.get("positive_index")
-    names = metrics.get("class_names")
-    positive = metrics.get("positive_class")
-    return names, names.index(positive) if names and positive in names else None
-
-
-def read_predictions(path: Path, class_info: tuple[list[str] | None, int | None] = (None, None)) -> Predictions:
-    """Parse a run's ``predictions.csv`` (columns id, label, prob_<class>..., pred).
-
-    Args:
-        path: The CSV file.
-        class_info: (class names, positive index) of the run; names default to the ``prob_`` columns.
-
-    Raises:
-        DataError: When a needed column is missing or a value cannot be parsed.
-    """
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    names = class_info[0] or [c[len("prob_"):] for c in header if c.startswith("prob_")]
-    needed = ["id", "label", "pred", *[f"prob_{n}" for n in names]]
-    missing = [c for c in needed if c not in header]
-    if missing or len(names) < 2:
-        raise DataError(f"{path}: columns {missing or ['prob_<class>']} missing; expected {needed}")
-    try:
-        labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-        probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows], dtype=float).reshape(-1, len(names))
-    except ValueError as exc:
-        raise DataError(f"{path}: unreadable label or probability ({exc})") from None
-    positive = class_info[1] if len(names) == 2 else None
-    return Predictions([r["id"] for r in rows], labels, probs, np.array([r["pred"] for r in rows], dtype=object),
-                       list(names), positive)
 
 
 # --------------------------------------------------------------------------- pairing
@@ -202,40 +138,15 @@ def paired_tests(run: RunResult, baseline: RunResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------- comparison
 
 
-def compare_runs(run_dirs: Sequence[str | Path], baseline: str | Path | None = None,
-                 names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per run: the six metrics with 95% CIs and paired tests against the baseline.
-
-    Args:
-        run_dirs: Finished run directories.
-        baseline: The run to test against; default the first of ``run_dirs``. When it is not one of
-            ``run_dirs`` it is added as the first row.
-        names: Display names, one per run directory (default: the directory names).
+def compare_results(runs: Sequence[RunResult], base: RunResult) -> list[dict[str, Any]]:
+    """One row per run: the six metrics with 95% CIs and paired tests against ``base``.
 
     Returns:
         Dicts with keys ``run``, ``run_dir``, ``n``, for each metric ``<m>``, ``<m>_lo``, ``<m>_hi``,
         then :data:`TEST_COLUMNS`. The baseline's own row has no p-values (reason ``baseline``);
         a run evaluated on other images than the baseline has none either, with the reason.
-
-    Raises:
-        DataError: When a run directory is not a finished run.
     """
-    dirs = [Path(d) for d in run_dirs]
-    labels = list(names) if names is not None else [d.name for d in dirs]
-    if len(labels) != len(dirs):
-        raise DataError(f"compare_runs: {len(labels)} names for {len(dirs)} run directories")
-    base_dir = Path(baseline) if baseline is not None else (dirs[0] if dirs else None)
-    if base_dir is None:
-        return []
-    if not any(_same_dir(base_dir, d) for d in dirs):
-        dirs, labels = [base_dir, *dirs], [base_dir.name, *labels]
-    runs = [load_run(d, n) for d, n in zip(dirs, labels, strict=True)]
-    base = next(r for r in runs if _same_dir(r.run_dir, base_dir))
     return [_row(run, base) for run in runs]
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 def _row(run: RunResult, base: RunResult) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def _resolve_positive(positive_index: int | None, n_classes: int) -> int | None:
     return int(pos)
 
 
-def _predict(probs: np.ndarray, positive_index: int | None, threshold: float) -> np.ndarray:
+def predict_classes(probs: np.ndarray, positive_index: int | None, threshold: float) -> np.ndarray:
     """Predicted class indices: thresholded for binary problems, argmax otherwise."""
     pos = _resolve_positive(positive_index, probs.shape[1])
     if pos is None:
@@ -295,7 +295,7 @@ def confusion(
     """
     p = _as_probs(probs)
     y = _as_labels(y_true, p.shape[1], p.shape[0])
-    pred = _predict(p, positive_index, threshold)
+    pred = predict_classes(p, positive_index, threshold)
     cm = confusion_matrix(y, pred, labels=np.arange(p.shape[1]))
     return [[int(v) for v in row] for row in cm]
 
@@ -335,7 +335,7 @@ def _group_stats(
 ) -> _GroupStats:
     """Collect the per-group statistics of a (validated) data set."""
     pos = _resolve_positive(positive_index, probs.shape[1])
-    pred = _predict(probs, positive_index, threshold)
+    pred = predict_classes(probs, positive_index, threshold)
     if pos is not None:
         y_eff, pred_eff, k = (y == pos).astype(int), (pred == pos).astype(int), 2
         tasks = (_auc_task(y_eff == 1, probs[:, pos], inv, n_groups),)

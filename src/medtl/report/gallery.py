@@ -29,6 +29,7 @@ from medtl.evaluate.cam import (
     overlay,
     select_cases,
 )
+from medtl.evaluate.metrics import predict_classes
 from medtl.report.figures import array_to_data_uri
 from medtl.report.load import RunData
 
@@ -90,10 +91,7 @@ def _fold_models(run: RunData) -> tuple[dict[int, torch.nn.Module], artifact.Mod
 
 def _predicted(run: RunData) -> np.ndarray:
     """Predicted class per row of predictions.csv at the run's operating point."""
-    probs, pos = run.predictions.probs, run.positive_index
-    if pos is None:
-        return probs.argmax(axis=1)
-    return np.where(probs[:, pos] >= run.threshold, pos, 1 - pos)
+    return predict_classes(run.predictions.probs, run.positive_index, run.threshold)
 
 
 def _combine(checks: list[SanityCheck]) -> SanityCheck | None:

@@ -9,31 +9,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from medtl import rundir
 from medtl.errors import DataError
+from medtl.evaluate.compare import Predictions as PredictionTable
+from medtl.rundir import read_rows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PredictionTable:
-    """Rows of ``predictions.csv`` / ``val_predictions.csv`` as arrays, in file order."""
-
-    ids: list[str]
-    paths: list[str]
-    folds: np.ndarray
-    labels: np.ndarray
-    probs: np.ndarray
-    groups: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 @dataclass
@@ -108,15 +95,7 @@ def is_study_dir(path: Path) -> bool:
 def is_run_dir(path: Path) -> bool:
     """True when ``path`` holds the results of a run (metrics, predictions or a model)."""
     path = Path(path)
-    return any((path / name).is_file() for name in ("metrics.json", "predictions.csv", "model/model.json"))
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts; ``[]`` when the file is missing."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return any((path / name).is_file() for name in (rundir.METRICS, rundir.PREDICTIONS, rundir.MODEL_META))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -129,35 +108,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_predictions(path: Path, class_names: list[str]) -> PredictionTable | None:
-    """Parse a predictions CSV (columns ``id, path, fold, label, group, prob_<class>...``).
+    """A predictions CSV through :func:`medtl.rundir.read_predictions`; None when the file does not exist.
 
-    Args:
-        path: The CSV file.
-        class_names: Classes, in the order of the probability columns to read.
-
-    Returns:
-        The table, or None when the file does not exist.
-
-    Raises:
-        DataError: A required column is missing or a value is not a number.
+    Rows without a group count as their own group (each image alone).
     """
     if not path.is_file():
         return None
-    rows = read_rows(path)
-    need = ["id", "label", *[f"prob_{c}" for c in class_names]]
-    missing = [c for c in need if rows and c not in rows[0]]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing}; expected a medtl predictions file")
-    try:
-        return PredictionTable(
-            ids=[r["id"] for r in rows], paths=[r.get("path", "") for r in rows],
-            folds=np.array([int(r.get("fold") or 0) for r in rows], dtype=np.int64),
-            labels=np.array([int(r["label"]) for r in rows], dtype=np.int64),
-            probs=np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows], dtype=float).reshape(
-                len(rows), len(class_names)),
-            groups=[r.get("group") or r["id"] for r in rows])
-    except ValueError as exc:
-        raise DataError(f"{path}: a fold, label or probability is not a number ({exc})") from None
+    table = rundir.read_predictions(path, (class_names or None, None))
+    return replace(table, groups=[g or i for g, i in zip(table.groups, table.ids, strict=True)])
 
 
 def _class_names_from(rows_path: Path) -> list[str]:
@@ -176,21 +134,21 @@ def load_run(path: Path) -> RunData:
     path = Path(path)
     if not is_run_dir(path):
         raise DataError(f"{path}: not a medtl run directory (no metrics.json, predictions.csv or model/model.json)")
-    run = RunData(path=path, metrics=_read_json(path / "metrics.json"), model=_read_json(path / "model" / "model.json"))
-    if (path / "config.yaml").is_file():
-        run.config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    run.splits = read_rows(path / "splits.csv")
-    run.label_issues = read_rows(path / "label_issues.csv")
+    run = RunData(path=path, metrics=_read_json(path / rundir.METRICS), model=_read_json(path / rundir.MODEL_META))
+    if (path / rundir.CONFIG).is_file():
+        run.config = yaml.safe_load((path / rundir.CONFIG).read_text(encoding="utf-8")) or {}
+    run.splits = read_rows(path / rundir.SPLITS)
+    run.label_issues = read_rows(path / rundir.LABEL_ISSUES)
     # Learning curves show one model per fold: member 0 of a fold's ensemble (train.ensemble).
-    run.history = [r for r in read_rows(path / "history.csv") if r.get("member", "0") in ("0", "")]
-    names = run.class_names or (_class_names_from(path / "predictions.csv")
-                                if (path / "predictions.csv").is_file() else [])
+    run.history = [r for r in read_rows(path / rundir.HISTORY) if r.get("member", "0") in ("0", "")]
+    names = run.class_names or (_class_names_from(path / rundir.PREDICTIONS)
+                                if (path / rundir.PREDICTIONS).is_file() else [])
     if not run.class_names and names:
         run.metrics.setdefault("class_names", names)
-    run.predictions = read_predictions(path / "predictions.csv", names)
-    run.val_predictions = read_predictions(path / "val_predictions.csv", names)
-    if (path / "run.log").is_file():
-        run.log_lines = (path / "run.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    run.predictions = read_predictions(path / rundir.PREDICTIONS, names)
+    run.val_predictions = read_predictions(path / rundir.VAL_PREDICTIONS, names)
+    if (path / rundir.LOG).is_file():
+        run.log_lines = (path / rundir.LOG).read_text(encoding="utf-8", errors="replace").splitlines()
     return run
 
 

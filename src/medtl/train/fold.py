@@ -1,0 +1,351 @@
+"""Train one fold: build the model, pick how it is fitted (in one place), fit it, predict its held-out images.
+
+:func:`choose_fit` is the single decision between the four ways medtl fits a fold's model:
+
+==============  ===============================================================================
+``classical``   logistic regression / linear SVM on frozen pooled features (``transfer.classifier``)
+``bank``        the head alone, trained on frozen features computed once (feature extraction, no
+                augmentation)
+``cached``      the layers above the frozen prefix, trained on cached prefix activations
+                (``train.prefix_cache``)
+``full``        the whole network, frozen parts excluded from the optimiser (every other case)
+==============  ===============================================================================
+
+Each is a small :class:`FitPath` object with the same ``fit`` signature; the fold trainer never
+branches on the strategy itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from medtl.config import ExperimentConfig
+from medtl.data.sources import LoadedImages
+from medtl.data.splits import Fold
+from medtl.data.strategy import training_dataset
+from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer, build_augment
+from medtl.errors import MedtlError, TrainingError
+from medtl.models.network import TransferNet, create_model, preprocessing_for
+from medtl.models.registry import WeightsSpec
+from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
+from medtl.train.inference import embed, head_probs, predict_probs
+from medtl.transfer import prefix_cache as pc
+from medtl.transfer.cuts import cut_points
+from medtl.transfer.freeze import apply_strategy
+from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
+from medtl.transfer.probe import init_head
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_SEED_STRIDE = 1000
+"""Member m of a fold trains with seed ``train.seed + fold + 1000·m`` (member 0: the single-model seed)."""
+
+
+@dataclass
+class PreparedData:
+    """Decoded images with labels, groups and folds."""
+
+    loaded: LoadedImages
+    labels: np.ndarray
+    groups: list[str]
+    folds: list[Fold]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.table.class_names
+
+    @property
+    def positive_index(self) -> int | None:
+        return self.loaded.table.positive_index
+
+
+@dataclass
+class FoldOutcome:
+    """Test-set probabilities and training record of one fold."""
+
+    fold: Fold
+    probs: np.ndarray
+    fit: FitResult
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    val_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    members: list[FitResult] = field(default_factory=list)
+    """Every ensemble member's fit (``train.ensemble``), ``fit`` first."""
+    files: list[str] = field(default_factory=list)
+    """The fold's model files, one per member."""
+    member_probs: list[np.ndarray] = field(default_factory=list)
+    """Each member's test probabilities (their mean is ``probs``)."""
+
+
+def member_seed(cfg: ExperimentConfig, fold: Fold, member: int) -> int:
+    """The training seed of ``member`` of ``fold``."""
+    return cfg.train.seed + fold.index + ENSEMBLE_SEED_STRIDE * member
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, WeightsSpec]:
+    """The configured model (truncated for ``transfer.strategy: truncated``)."""
+    truncate_at = cfg.transfer.truncate_at if cfg.transfer.strategy == "truncated" else None
+    return create_model(cfg.model.backbone, cfg.model.weights, num_classes, cfg.model.head, cfg.model.drop_rate,
+                        cfg.model.drop_path_rate, truncate_at)
+
+
+def resolve_device(requested: str) -> str:
+    """``train.device`` as a torch device; ``cuda`` without a GPU is an error, never a silent CPU run."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MedtlError("train.device is 'cuda' but no CUDA device is available; set train.device: auto or cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+# ---------------------------------------------------------------- the fold trainer
+
+
+@dataclass
+class FoldTrainer:
+    """Trains the folds of one run; holds what folds share (the frozen-feature bank, the weights spec)."""
+
+    cfg: ExperimentConfig
+    data: PreparedData
+    out_dir: Path
+    progress: bool = True
+    device: str = "cpu"
+    bank: list[torch.Tensor] | None = None
+    spec: WeightsSpec | None = None
+
+    def normalizer(self) -> Normalizer:
+        assert self.spec is not None
+        return Normalizer(self.spec.mean, self.spec.std)
+
+    def train_fold(self, fold: Fold, save: callable) -> FoldOutcome:
+        """Every ensemble member of ``fold``; ``save(fold_index, model, member)`` stores a member's weights
+        and returns its file name."""
+        started = time.perf_counter()
+        fits, test_probs, val_probs, files = [], [], [], []
+        for member in range(self.cfg.train.ensemble):
+            result, probs, val = self.train_member(fold, member)
+            files.append(save(fold.index, result.model, member))
+            fits.append(result)
+            test_probs.append(probs)
+            val_probs.append(val)
+        return FoldOutcome(fold, np.mean(test_probs, axis=0), fits[0], time.perf_counter() - started,
+                           val_probs=np.mean(val_probs, axis=0), members=fits, files=files,
+                           member_probs=test_probs)
+
+    def train_member(self, fold: Fold, member: int) -> tuple[FitResult, np.ndarray, np.ndarray]:
+        """One model: seed, build, freeze, fit by the chosen path; its test and validation probabilities."""
+        seed = member_seed(self.cfg, fold, member)
+        L.seed_everything(seed, workers=True, verbose=False)
+        model, self.spec = build_model(self.cfg, len(self.data.class_names))
+        apply_strategy(model, self.cfg.transfer)
+        path = choose_fit(self.cfg, model)
+        if path.uses_bank and self.bank is None:
+            self.bank = self.feature_bank(model)
+        try:
+            result, probs = path.fit(self, model, fold, seed)
+        except TrainingError as exc:
+            raise TrainingError(f"{exc} (fold {fold.index}); {self.keep_last_good(exc, fold)}") from None
+        bank = self.bank if path.uses_bank else None
+        return result, probs, self.probs_on(result.model, fold.val, bank)
+
+    def feature_bank(self, model: TransferNet) -> list[torch.Tensor]:
+        """Frozen backbone features of every image, one tensor per test-time view (the plain image first)."""
+        n = len(self.data.labels)
+        log.info("feature extraction: computing frozen backbone features once for %d images", n)
+        return [embed(model.backbone, self.normalizer(), self.data.loaded.images, np.arange(n), view=view,
+                      device=self.device, progress=self.progress, fast=self.cfg.train.fast_inference)
+                for view in TTA_VIEWS[self.cfg.evaluate.tta]]
+
+    def probs_on(self, model: TransferNet, indices: np.ndarray, bank: list[torch.Tensor] | None) -> np.ndarray:
+        """Probabilities of a trained model on ``indices`` (validation images), with the run's TTA."""
+        if len(indices) == 0:
+            return np.zeros((0, len(self.data.class_names)))
+        if bank is not None:
+            return head_probs(model.head, [view[indices] for view in bank])
+        return predict_probs(model, self.normalizer(), self.data.loaded.images, indices,
+                             self.cfg.train.batch_size * 2, self.cfg.evaluate.tta, self.device, False,
+                             self.cfg.train.fast_inference)
+
+    def class_weights(self, fold: Fold) -> torch.Tensor | None:
+        return class_weights_for(self.data.labels[fold.train], len(self.data.class_names),
+                                 self.cfg.train.class_weights)
+
+    def probe(self, model: TransferNet, fold: Fold, seed: int, feats: torch.Tensor | None = None) -> None:
+        """LP-FT: start the head from a logistic regression on frozen features of the training part."""
+        if feats is None:
+            feats = embed(model.backbone, self.normalizer(), self.data.loaded.images, fold.train,
+                          fast=self.cfg.train.fast_inference)
+        init_head(model.head, feats, self.data.labels[fold.train], len(self.data.class_names),
+                  self.cfg.transfer.probe_c, seed)
+
+    def keep_last_good(self, exc: TrainingError, fold: Fold) -> str:
+        """Save the last good epoch's weights of a fold whose training diverged; say where they are."""
+        from safetensors.torch import save_file
+
+        state = getattr(exc, "last_good", None)
+        if not state:
+            return "no epoch had finished, so there is no checkpoint to keep"
+        path = self.out_dir / "model" / f"fold{fold.index}.last_good.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        return f"the weights of the last good epoch are in {path}"
+
+
+# ---------------------------------------------------------------- the four fit paths
+
+
+def probe_first(cfg: ExperimentConfig) -> bool:
+    """Start the head from a linear probe (LP-FT) — not for random (scratch) features."""
+    return cfg.transfer.head_init == "linear_probe" and cfg.transfer.strategy != "scratch"
+
+
+def uses_feature_bank(cfg: ExperimentConfig) -> bool:
+    """Frozen backbone and no augmentation: the backbone's output never changes, compute it once.
+
+    A classical classifier (logistic regression / SVM on pooled features) always uses the bank.
+    """
+    if cfg.transfer.strategy != "feature_extraction":
+        return False
+    return cfg.transfer.classifier != "head" or (not cfg.data.augment.active and not cfg.data.strategy.expand)
+
+
+class FitPath:
+    """One way of fitting a fold's model: returns the fit and the test probabilities."""
+
+    name: ClassVar[str]
+    uses_bank: ClassVar[bool] = False
+
+    def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
+        raise NotImplementedError
+
+
+class ClassicalFit(FitPath):
+    """Logistic regression or a Platt-scaled linear SVM on pooled features, fitted on train + validation
+    (nothing to stop early), stored as the linear head."""
+
+    name, uses_bank = "classical", True
+
+    def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
+        assert t.bank is not None
+        idx = np.concatenate([fold.train, fold.val])
+        method = t.cfg.transfer.classifier
+        if not init_head(model.head, t.bank[0][idx], t.data.labels[idx], len(t.data.class_names),
+                         t.cfg.transfer.probe_c, seed, method):
+            raise MedtlError(f"transfer.classifier '{method}' needs a linear head: set model.head.hidden: []")
+        if t.cfg.data.augment.active:
+            log.warning("transfer.classifier '%s' fits on fixed features: data.augment is not used", method)
+        return FitResult(model=model.eval()), head_probs(model.head, [view[fold.test] for view in t.bank])
+
+
+class BankFit(FitPath):
+    """The head alone, on the frozen features of the bank (started from a linear probe)."""
+
+    name, uses_bank = "bank", True
+
+    def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
+        assert t.bank is not None
+        feats, labels = t.bank[0], torch.from_numpy(t.data.labels)
+        t.probe(model, fold, seed, feats[fold.train])
+        module = ClassifierModule(model.head, t.cfg.train, t.data.positive_index, t.class_weights(fold))
+        train = TensorDataset(feats[fold.train], labels[fold.train])
+        val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
+        result = fit(module, train, val, t.cfg.train, seed, t.progress)
+        probs = head_probs(result.model, [view[fold.test] for view in t.bank])
+        model.head = result.model
+        result.model = model
+        return result, probs
+
+
+class FullFit(FitPath):
+    """The whole network on augmented images; frozen layers stay out of the optimiser."""
+
+    name = "full"
+
+    def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
+        cfg, data = t.cfg, t.data
+        if probe_first(cfg):
+            t.probe(model, fold, seed)
+        gradual = cfg.transfer.strategy == "gradual"
+        module = ClassifierModule(model, cfg.train, data.positive_index, t.class_weights(fold),
+                                  prepare=t.normalizer(), include_frozen=gradual,
+                                  lr_mults=step_lr_mults(model, cfg.transfer.schedule, cfg.train.lr) if gradual
+                                  else None)
+        images = data.loaded.images
+        train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
+        val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
+        callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
+        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
+        probs = predict_probs(result.model, t.normalizer(), images, fold.test, cfg.train.batch_size * 2,
+                              cfg.evaluate.tta, t.device, t.progress, cfg.train.fast_inference)
+        return result, probs
+
+
+class CachedFit(FitPath):
+    """Only the part above the frozen prefix, on cached prefix activations (``train.prefix_cache``)."""
+
+    name = "cached"
+
+    def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
+        cfg, data = t.cfg, t.data
+        cut = pc.cache_cut(model.backbone, cfg.transfer)
+        split = pc.split_at(model.backbone, cut)
+        assert t.spec is not None
+        pre = preprocessing_for(t.spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+        key = pc.prefix_key(split, cfg.model.backbone, pre, cfg.data.augment, seed=cfg.train.seed)
+        augment = build_augment(cfg.data.augment)
+        cache = pc.ActivationCache(dtype=cfg.train.cache_dtype)
+        images, normalizer, fast = data.loaded.images, t.normalizer(), cfg.train.fast_inference
+        views = pc.prefix_views(cache, split, key, images, normalizer, range(cfg.train.cache_views if augment else 1),
+                                augment, device=t.device, progress=t.progress, fast=fast)
+        tta = [views[0], *pc.prefix_views(cache, split, key, images, normalizer, TTA_VIEWS[cfg.evaluate.tta][1:],
+                                          device=t.device, fast=fast)]
+        if probe_first(cfg):  # LP-FT on the cached activations: only the suffix runs
+            t.probe(model, fold, seed, pc.run_cached(split.suffix, views[0], fold.train, device=t.device).cpu())
+        net = TransferNet(split.suffix, model.head)
+        net.freeze_bn_stats = model.freeze_bn_stats
+        gradual = cfg.transfer.strategy == "gradual"
+        module = ClassifierModule(net, cfg.train.model_copy(update={"lr_mults": _suffix_mults(net, cfg)}),
+                                  data.positive_index, t.class_weights(fold), prepare=pc.activation_prepare,
+                                  include_frozen=gradual,
+                                  lr_mults=step_lr_mults(net, cfg.transfer.schedule, cfg.train.lr) if gradual
+                                  else None)
+        train = pc.PrefixViewsDataset(views, fold.train, data.labels, seed)
+        val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
+        callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
+        log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
+        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
+        probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
+        result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
+        return result, probs
+
+
+def _suffix_mults(net: TransferNet, cfg: ExperimentConfig) -> dict[str, float]:
+    """``train.lr_mults`` entries that name layers of the trainable suffix (the prefix is frozen)."""
+    points = cut_points(net.backbone)
+    return {k: v for k, v in cfg.train.lr_mults.items() if any(p == k or p.startswith(k + ".") for p in points)}
+
+
+FIT_PATHS: dict[str, FitPath] = {p.name: p for p in (ClassicalFit(), BankFit(), CachedFit(), FullFit())}
+
+
+def choose_fit(cfg: ExperimentConfig, model: TransferNet) -> FitPath:
+    """The one place that decides how a fold's model is fitted (see the module docstring)."""
+    if cfg.transfer.classifier != "head":
+        return FIT_PATHS["classical"]
+    if uses_feature_bank(cfg):
+        return FIT_PATHS["bank"]
+    if cfg.train.prefix_cache:
+        cut = pc.cache_cut(model.backbone, cfg.transfer)
+        if cut not in (None, "head") and not cfg.data.strategy.expand:
+            return FIT_PATHS["cached"]
+        log.info("train.prefix_cache: nothing frozen to cache here (cut %s); training the whole network", cut)
+    return FIT_PATHS["full"]
