@@ -136,8 +136,8 @@ def layers(backbone: Annotated[str, typer.Argument(help="A timm architecture, e.
            weights: Annotated[str, typer.Option(help="Weights to load (shapes do not depend on them).")] = "none",
            image_size: Annotated[int, typer.Option(help="Input size for the output shapes.")] = 224) -> None:
     """Print a backbone's cut points: valid names for transfer.unfreeze_from / truncate_at / schedule."""
+    from medtl.models.cuts import describe
     from medtl.models.network import create_model
-    from medtl.transfer.cuts import describe
 
     try:
         model, _ = create_model(backbone, weights, 2)

@@ -313,7 +313,7 @@ class TrainConfig(StrictModel):
     # autocast on either.
     precision: Literal["auto", "32", "bf16", "16-mixed"] = "auto"
     # Frozen work (feature banks, prefix caches, test-time predictions) runs traced and frozen by
-    # TorchScript on CPU: BatchNorm folded into the convolutions, 1.45x on Lite0 (medtl.train.fast).
+    # TorchScript on CPU: BatchNorm folded into the convolutions, 1.45x on Lite0 (medtl.models.fast).
     fast_inference: bool = True
     # ``torch.compile`` the network before training (pays a compile of minutes first; GPU runs gain).
     compile: bool = False

@@ -33,11 +33,11 @@ from medtl.evaluate.calibration import apply_temperature, fit_temperature
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
 from medtl.evaluate.threshold import operating_point
+from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
-from medtl.transfer.cuts import inference_ms
 from medtl.transfer.freeze import apply_strategy, count
 from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 from medtl.transfer.probe import init_head
@@ -449,7 +449,7 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
 
 def _suffix_mults(net: TransferNet, cfg: ExperimentConfig) -> dict[str, float]:
     """``train.lr_mults`` entries that name layers of the trainable suffix (the prefix is frozen)."""
-    from medtl.transfer.cuts import cut_points
+    from medtl.models.cuts import cut_points
 
     points = cut_points(net.backbone)
     return {k: v for k, v in cfg.train.lr_mults.items() if any(p == k or p.startswith(k + ".") for p in points)}
