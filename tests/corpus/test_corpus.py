@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corpus as corpus_pkg
-from corpus.case import Case
 from medtl.cli import app
+from corpus.case import Case
 
 
 def all_cases() -> list[Case]:
