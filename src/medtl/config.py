@@ -501,6 +501,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return resolve_paths(cfg, path.parent)
 
 
+def load_data_config(path: str | Path) -> DataConfig:
+    """Read the ``data`` block of a YAML file (an experiment config, or a bare data block).
+
+    Validated like :func:`load_config` (did-you-mean on a misspelt key or option) and with relative
+    ``root``/``csv``/``path`` resolved against the YAML file's folder.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or its data block is invalid.
+    """
+    path = Path(path)
+    tree = read_yaml(path, "data file")
+    data = tree.get("data", tree) if isinstance(tree, dict) else tree
+    return resolve_paths(parse_config({"data": data}, str(path)), path.parent).data
+
+
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     """Make the data location absolute, relative to ``base`` (the config file's folder)."""
     for stage in cfg.stages:
