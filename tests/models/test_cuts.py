@@ -39,3 +39,13 @@ def test_describe_lists_shapes_and_parameter_split() -> None:
     assert block5.shape == (192, 7, 7)
     assert block5.params_below + block5.params_from_here == sum(p.numel() for p in model.backbone.parameters())
     assert any(r.stage for r in rows)
+
+
+def test_describe_at_an_image_size_too_small_for_the_backbone_is_a_config_error() -> None:
+    import timm
+
+    from medtl.errors import ConfigError
+
+    net = timm.create_model("inception_v3", pretrained=False, num_classes=0)
+    with pytest.raises(ConfigError, match="8 px image does not pass through this backbone"):
+        describe(net, 8)

@@ -111,7 +111,11 @@ class CutPoint:
 
 
 def describe(backbone: nn.Module, image_size: int = 224) -> list[CutPoint]:
-    """Cut points with output shape at ``image_size``, parameters frozen below / trained from here on."""
+    """Cut points with output shape at ``image_size``, parameters frozen below / trained from here on.
+
+    Raises:
+        ConfigError: ``image_size`` is too small for the backbone's forward pass.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(walk(backbone))
     points = cut_points(backbone)
@@ -122,6 +126,9 @@ def describe(backbone: nn.Module, image_size: int = 224) -> list[CutPoint]:
     try:
         with torch.no_grad():
             backbone(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as exc:  # torch reports shapes that shrink to nothing as RuntimeError
+        raise ConfigError(f"a {image_size} px image does not pass through this backbone ({exc}); use a larger "
+                          "image size (medtl layers --image-size)") from None
     finally:
         for hook in hooks:
             hook.remove()
