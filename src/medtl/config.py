@@ -313,7 +313,7 @@ class TrainConfig(StrictModel):
     # autocast on either.
     precision: Literal["auto", "32", "bf16", "16-mixed"] = "auto"
     # Frozen work (feature banks, prefix caches, test-time predictions) runs traced and frozen by
-    # TorchScript on CPU: BatchNorm folded into the convolutions, 1.45x on Lite0 (medtl.train.fast).
+    # TorchScript on CPU: BatchNorm folded into the convolutions, 1.45x on Lite0 (medtl.models.fast).
     fast_inference: bool = True
     # ``torch.compile`` the network before training (pays a compile of minutes first; GPU runs gain).
     compile: bool = False
@@ -499,6 +499,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         apply_override(tree, assignment)
     cfg = parse_config(tree, str(path))
     return resolve_paths(cfg, path.parent)
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    """Read the ``data`` block of a YAML file (an experiment config, or a bare data block).
+
+    Validated like :func:`load_config` (did-you-mean on a misspelt key or option) and with relative
+    ``root``/``csv``/``path`` resolved against the YAML file's folder.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or its data block is invalid.
+    """
+    path = Path(path)
+    tree = read_yaml(path, "data file")
+    data = tree.get("data", tree) if isinstance(tree, dict) else tree
+    return resolve_paths(parse_config({"data": data}, str(path)), path.parent).data
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:

@@ -27,6 +27,7 @@ from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
 from medtl.evaluate.operating import OperatingChoice, calibrate, check_validation, choose_operating_point
+from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.fold import (
@@ -38,7 +39,6 @@ from medtl.train.fold import (
     member_seed,
     resolve_device,
 )
-from medtl.transfer.cuts import inference_ms
 from medtl.transfer.freeze import count
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from medtl.config import data_root
-
 from corpus.case import Case
+from medtl.config import data_root
 
 
 def _images(root: Path, per_class: int = 3) -> Path:

@@ -91,9 +91,9 @@ def test_grad_cam_checks_its_input(small_model: TransferNet) -> None:
 
 
 def test_truncated_backbone(one_torch_thread: None) -> None:
-    cuts = pytest.importorskip("medtl.transfer.cuts")
+    cuts = pytest.importorskip("medtl.models.cuts")
     if not hasattr(cuts, "truncate"):
-        pytest.skip("medtl.transfer.cuts.truncate not available")
+        pytest.skip("medtl.models.cuts.truncate not available")
     trunk = cuts.truncate(timm.create_model("resnet18", pretrained=False, num_classes=0), "layer3.1")
     model = TransferNet(trunk, build_head(trunk.num_features, 2, HeadConfig()))
     nn.init.normal_(model.head[-1].weight, 0.0, 0.1)

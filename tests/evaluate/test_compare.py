@@ -22,6 +22,7 @@ from medtl.evaluate.compare import (
     comparison_markdown,
     comparison_table,
     default_columns,
+    format_metric,
     pair_runs,
 )
 from medtl.evaluate.metrics import METRIC_KEYS, delong_test, mcnemar_test, summarize
@@ -180,3 +181,15 @@ def test_real_demo_runs_are_paired() -> None:
     assert rows[1]["paired_with"] == runs[0].name, rows[1]["reason"]
     assert 0.0 <= rows[1]["p_auc_delong"] <= 1.0 and 0.0 <= rows[1]["p_acc_mcnemar"] <= 1.0
     assert all(math.isfinite(r["auc"]) for r in rows)
+
+
+def test_cli_compare_json_and_full_width_table(pair) -> None:
+    a, b, *_ = pair
+    result = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["compare", str(a), str(b), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["run"] for r in rows] == ["a", "b"] and rows[1]["paired_with"] == "a"
+    assert 0.0 <= rows[1]["p_acc_mcnemar"] <= 1.0 and rows[0]["auc_lo"] <= rows[0]["auc"] <= rows[0]["auc_hi"]
+    table = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["compare", str(a), str(b)])
+    assert table.exit_code == 0 and "…" not in table.stdout  # a pipe gets the whole table, never cut
+    assert format_metric(rows[0], "auc") in table.stdout

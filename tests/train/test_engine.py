@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from medtl.config import EarlyStoppingConfig, TrainConfig
 from medtl.errors import TrainingError
+from medtl.evaluate.metrics import compute_metrics
 from medtl.train.engine import (
     BestWeights,
     ClassifierModule,
@@ -19,6 +20,7 @@ from medtl.train.engine import (
     fit,
     lightning_precision,
     make_optimizer,
+    validation_scores,
     warmup_cosine,
 )
 
@@ -430,3 +432,34 @@ def test_fit_with_mixup_learns_and_changes_the_training() -> None:
 def test_negative_mix_alpha_is_rejected(key: str) -> None:
     with pytest.raises(ValueError, match=key):
         TrainConfig(**{key: -0.1})
+
+
+@pytest.mark.parametrize(("k", "positive", "seed"), [(2, None, 0), (2, 0, 1), (3, None, 2), (4, None, 3), (2, None, 4)])
+def test_validation_scores_equal_compute_metrics_bit_for_bit(k: int, positive: int | None, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 40
+    logits = torch.tensor(rng.normal(size=(n, k)), dtype=torch.float32)
+    probs = logits.softmax(1).numpy()  # float32, as the engine has them
+    y = rng.integers(0, k, size=n) if seed != 4 else np.zeros(n, dtype=int)  # seed 4: one class, nan AUC
+    accuracy, auc = validation_scores(y, probs, positive)
+    want = compute_metrics(y, probs, positive)
+    assert accuracy == want["accuracy"]
+    assert auc == want["auc"] or (np.isnan(auc) and np.isnan(want["auc"]))
+
+
+def test_ctrl_c_during_training_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT afterwards; fit() gives back both."""
+    import signal
+
+    from medtl.train import engine
+
+    def interrupt(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(engine.ClassifierModule, "training_step", interrupt)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    module = engine.ClassifierModule(torch.nn.Linear(4, 2), TrainConfig(epochs=1, batch_size=8), 1)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(module, TensorDataset(x, y), None, TrainConfig(epochs=1, batch_size=8), 0, progress=False)
+    assert signal.getsignal(signal.SIGINT) == before

@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from medtl.config import AugmentConfig, TrainConfig, TransferConfig, UnfreezeStep
 from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer, build_augment
 from medtl.errors import ConfigError, MedtlError
+from medtl.models.cuts import cut_points, walk
 from medtl.models.network import Preprocessing, TransferNet, create_model
 from medtl.train.engine import ClassifierModule, fit, lr_multipliers
 from medtl.train.inference import predict_probs
-from medtl.transfer.cuts import _walk, cut_points
-from medtl.transfer.freeze import apply_strategy, set_trainable
-from medtl.transfer.gradual import check_schedule, step_lr_mults
+from medtl.transfer.freeze import apply_strategy, check_schedule, set_trainable
+from medtl.transfer.gradual import step_lr_mults
 from medtl.transfer.prefix_cache import (
     ActivationCache,
     PrefixKey,
@@ -66,7 +66,7 @@ def images(n: int = 12, size: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def freeze_before(backbone: nn.Module, cut: str) -> None:
-    names = [name for name, _ in _walk(backbone)]
+    names = [name for name, _ in walk(backbone)]
     stop = len(names) if cut == "head" else names.index(cut)
     for name in names[:stop]:
         backbone.get_submodule(name).requires_grad_(False)

@@ -15,11 +15,11 @@ from medtl.config import DataConfig, TrainConfig, TransferConfig, UnfreezeStep, 
 from medtl.data.sources import load_images, load_table
 from medtl.data.transforms import ImageArrayDataset, Normalizer
 from medtl.errors import ConfigError
+from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model
 from medtl.train.engine import ClassifierModule, fit, make_optimizer
-from medtl.transfer.cuts import cut_points, describe, truncate
-from medtl.transfer.freeze import apply_strategy, count
-from medtl.transfer.gradual import GradualUnfreeze, check_schedule, step_lr_mults
+from medtl.transfer.freeze import apply_strategy, check_schedule, count
+from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,25 +143,6 @@ def test_truncated_keeps_names_and_trains_all_kept(tiny: tuple[np.ndarray, np.nd
     assert under(changed(before, model), ("backbone.conv_stem", "backbone.blocks.0."))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "vgg11", "mobilenetv2_100", "xception41",
-                                  "convnext_atto", "inception_v3", "small_cnn"])
-def test_truncation_at_the_last_cut_point_is_the_full_backbone(name: str) -> None:
-    import timm
-
-    torch.manual_seed(0)
-    net = timm.create_model(name, pretrained=False, num_classes=0).eval()
-    points = cut_points(net)
-    last = points[-1] if points[-1] != "head" else points[-2]  # ConvNeXt's 'head' holds its final norm
-    x = torch.randn(1, 3, 96 if name != "inception_v3" else 107, 96 if name != "inception_v3" else 107)
-    trunk = truncate(net, last).eval()
-    with torch.no_grad():
-        got = trunk(x)
-        want = net(x) if last == points[-1] else net.forward_head(net.forward_features(x), pre_logits=True)
-    if last == points[-1]:
-        torch.testing.assert_close(got, want)
-    assert got.shape[1] == trunk.num_features
-
-
 def test_scratch_small_cnn_trains_everything_and_its_batchnorm(tiny: tuple[np.ndarray, np.ndarray]) -> None:
     model, spec = create_model("small_cnn", "none", 2)
     assert spec.source == "none"
@@ -173,17 +154,6 @@ def test_scratch_small_cnn_trains_everything_and_its_batchnorm(tiny: tuple[np.nd
     moved = changed(before, model)
     assert "backbone.blocks.0.1.running_mean" in moved  # BatchNorm learns its statistics from scratch
     assert {n for n, _ in model.named_parameters()} <= moved
-
-
-def test_describe_lists_shapes_and_parameter_split() -> None:
-    model = lite0()
-    rows = describe(model.backbone, 224)
-    names = [r.name for r in rows]
-    assert names == cut_points(model.backbone)
-    block5 = rows[names.index("blocks.5")]
-    assert block5.shape == (192, 7, 7)
-    assert block5.params_below + block5.params_from_here == count(model.backbone)
-    assert any(r.stage for r in rows)
 
 
 def test_strategy_config_errors() -> None:

@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike
 from scipy import optimize, special
 
 from medtl.errors import ConfigError, DataError
-from medtl.evaluate.metrics import _as_labels, _as_probs, _as_scores, _resolve_positive
+from medtl.evaluate.inputs import as_labels, as_probs, as_scores, resolve_positive
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ def _confidence_and_hits(y_true: ArrayLike, probs: ArrayLike,
     """(kind, confidence, outcome) pairs: positive-class view for binary, top-label for multiclass."""
     arr = np.asarray(probs, dtype=float)
     if arr.ndim == 1:
-        y = _as_labels(y_true, 2)
-        return "positive", _as_scores(arr, y.size, "probs"), y.astype(float)
-    p = _as_probs(arr)
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
-    pos = _resolve_positive(positive_index, p.shape[1])
+        y = as_labels(y_true, 2)
+        return "positive", as_scores(arr, y.size, "probs"), y.astype(float)
+    p = as_probs(arr)
+    y = as_labels(y_true, p.shape[1], p.shape[0])
+    pos = resolve_positive(positive_index, p.shape[1])
     if pos is not None:
         return "positive", p[:, pos], (y == pos).astype(float)
     return "top-label", p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
@@ -128,7 +128,7 @@ def _as_logits(scores: ArrayLike, kind: ScoreKind) -> np.ndarray:
     """Scores (n, K) as finite logits: log-probabilities when ``kind == 'probs'``."""
     if kind not in ("logits", "probs"):
         raise ConfigError(f"scores kind must be 'logits' or 'probs', got {kind!r}")
-    arr = _as_probs(scores)
+    arr = as_probs(scores)
     if kind == "logits":
         return arr
     if arr.min() < 0.0:
@@ -166,7 +166,7 @@ def fit_temperature(scores: ArrayLike, y_true: ArrayLike, kind: ScoreKind = "log
         DataError: Malformed input.
     """
     z = _as_logits(scores, kind)
-    y = _as_labels(y_true, z.shape[1], z.shape[0])
+    y = as_labels(y_true, z.shape[1], z.shape[0])
     if np.unique(y).size < 2:
         logger.warning("fitting a temperature on %d samples of a single class; the result says little", y.size)
     if np.all(z.argmax(axis=1) == y):
@@ -216,7 +216,7 @@ def negative_log_likelihood(y_true: ArrayLike, probs: ArrayLike) -> float:
     Returns:
         ``-mean(log p[i, y_i])``.
     """
-    p = _as_probs(probs)
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1], p.shape[0])
     picked = p[np.arange(y.size), y] / p.sum(axis=1)
     return float(-np.mean(np.log(np.clip(picked, _MIN_PROB, None))))

@@ -25,7 +25,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from medtl.errors import ConfigError, DataError
-from medtl.evaluate.metrics import _as_labels, _as_probs, _as_scores, _factorize, bootstrap_ci, compute_metrics
+from medtl.evaluate.inputs import as_labels, as_probs, as_scores, factorize
+from medtl.evaluate.metrics import bootstrap_ci, compute_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ def _validate(y_true: ArrayLike, scores: ArrayLike, n_boot: int, level: float,
     if n_boot < 0 or not 0.0 < level < 1.0 or n_grid < 2:
         raise ConfigError(f"curve bands need n_boot >= 0, 0 < level < 1 and n_grid >= 2, got n_boot={n_boot}, "
                           f"level={level}, n_grid={n_grid}")
-    y = _as_labels(y_true, 2)
-    s = _as_scores(scores, y.size, "scores")
+    y = as_labels(y_true, 2)
+    s = as_scores(scores, y.size, "scores")
     if y.min() == y.max():
         raise DataError(f"a ROC / PR curve needs both classes, but all {y.size} labels are {int(y[0])}")
     return y, s
@@ -143,7 +144,7 @@ def _band(kind: str, y_true: ArrayLike, scores: ArrayLike, groups: ArrayLike | S
     yf = y.astype(float)
     tp, fp = _cumulative(order, yf, np.ones(y.size), uniq.size)
     x, yy, area, y_grid = _curve(kind, tp, fp, grid)
-    inv, n_groups = _factorize(groups if groups is not None else np.arange(y.size), y.size)
+    inv, n_groups = factorize(groups if groups is not None else np.arange(y.size), y.size)
     rng = np.random.default_rng(seed)
     rows, areas = [], []
     for _ in range(n_boot):
@@ -236,8 +237,8 @@ def one_vs_rest_bands(y_true: ArrayLike, probs: ArrayLike, class_names: list[str
     """
     if kind not in ("roc", "pr"):
         raise ConfigError(f"curve kind must be 'roc' or 'pr', got {kind!r}")
-    p = _as_probs(probs)
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1], p.shape[0])
     out = {}
     for c, name in enumerate(class_names):
         hit = (y == c).astype(int)
@@ -263,10 +264,10 @@ def per_class_auc(y_true: ArrayLike, probs: ArrayLike, class_names: list[str],
         ``{"per_class": {name: {"value", "ci95"}}, "macro": {"value", "ci95"}}``; classes absent
         from ``y_true`` are left out of both.
     """
-    p = _as_probs(probs)
+    p = as_probs(probs)
     if len(class_names) != p.shape[1]:
         raise DataError(f"{len(class_names)} class names for {p.shape[1]} probability columns")
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
+    y = as_labels(y_true, p.shape[1], p.shape[0])
     g = groups if groups is not None else np.arange(y.size)
     bands = one_vs_rest_bands(y, p, class_names, g, "roc", n_boot, seed)
     per_class = {name: {"value": b.area, "ci95": list(b.area_ci)} for name, b in bands.items()}

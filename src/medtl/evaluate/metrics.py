@@ -39,6 +39,7 @@ from sklearn.metrics import (
 )
 
 from medtl.errors import ConfigError, DataError
+from medtl.evaluate.inputs import as_labels, as_probs, as_scores, factorize, resolve_positive
 
 logger = logging.getLogger(__name__)
 
@@ -52,79 +53,12 @@ _BOOT_CHUNK_CELLS = 2_000_000
 # --------------------------------------------------------------------------- validation
 
 
-def _as_probs(probs: ArrayLike) -> np.ndarray:
-    """Return ``probs`` as a finite float (n, K) array with n >= 1 and K >= 2."""
-    arr = np.asarray(probs, dtype=float)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] < 2:
-        raise DataError(
-            f"probs must be a 2-D array of shape (n_samples >= 1, n_classes >= 2), got shape "
-            f"{arr.shape}; pass one column of scores per class."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise DataError("probs contains NaN or infinite values; check the model outputs.")
-    return arr
-
-
-def _as_scores(scores: ArrayLike, n: int, name: str) -> np.ndarray:
-    """Return ``scores`` as a finite 1-D float array of length ``n``."""
-    arr = np.asarray(scores, dtype=float)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise DataError(
-            f"{name} must be a 1-D array of length {n} (one score per label), got shape {arr.shape}."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{name} contains NaN or infinite values; check the model outputs.")
-    return arr
-
-
-def _as_labels(y_true: ArrayLike, n_classes: int, n: int | None = None, name: str = "y_true") -> np.ndarray:
-    """Return ``y_true`` as a 1-D int array with values in ``0..n_classes-1``."""
-    arr = np.asarray(y_true)
-    if arr.ndim != 1 or arr.shape[0] == 0 or (n is not None and arr.shape[0] != n):
-        expected = "non-empty" if n is None else f"length {n}"
-        raise DataError(f"{name} must be a {expected} 1-D array of class indices, got shape {arr.shape}.")
-    if arr.dtype == bool:
-        arr = arr.astype(int)
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise DataError(f"{name} must hold integer class indices, got dtype {arr.dtype}.")
-    labels = arr.astype(int)
-    if np.any(labels != arr) or labels.min() < 0 or labels.max() >= n_classes:
-        raise DataError(
-            f"{name} must hold integer class indices in 0..{n_classes - 1}, got values "
-            f"{np.unique(arr)[:10].tolist()}; map labels to class indices first."
-        )
-    return labels
-
-
-def _resolve_positive(positive_index: int | None, n_classes: int) -> int | None:
-    """Return the positive class index for binary problems (default 1), None otherwise."""
-    if n_classes != 2:
-        if positive_index is not None:
-            logger.debug("positive_index=%s ignored: %d classes is not binary.", positive_index, n_classes)
-        return None
-    pos = 1 if positive_index is None else positive_index
-    if pos not in (0, 1):
-        raise ConfigError(f"positive_index must be 0 or 1 for a binary problem, got {positive_index!r}.")
-    return int(pos)
-
-
 def predict_classes(probs: np.ndarray, positive_index: int | None, threshold: float) -> np.ndarray:
     """Predicted class indices: thresholded for binary problems, argmax otherwise."""
-    pos = _resolve_positive(positive_index, probs.shape[1])
+    pos = resolve_positive(positive_index, probs.shape[1])
     if pos is None:
         return np.argmax(probs, axis=1)
     return np.where(probs[:, pos] >= threshold, pos, 1 - pos)
-
-
-def _factorize(groups: ArrayLike | Sequence[Hashable], n: int) -> tuple[np.ndarray, int]:
-    """Map group ids to codes ``0..G-1`` (first-appearance order); return codes and G."""
-    ids: Any = groups
-    items = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-    if len(items) != n:
-        raise DataError(f"groups must have one id per sample ({n}), got {len(items)}.")
-    codes: dict[Hashable, int] = {}
-    inv = np.fromiter((codes.setdefault(g, len(codes)) for g in items), dtype=np.int64, count=n)
-    return inv, len(codes)
 
 
 # --------------------------------------------------------------------------- point metrics
@@ -166,8 +100,8 @@ def binary_metrics(y_true: ArrayLike, prob_pos: ArrayLike, threshold: float = 0.
     Raises:
         DataError: On malformed input (shapes, labels outside {0, 1}, non-finite scores).
     """
-    y = _as_labels(y_true, 2)
-    scores = _as_scores(prob_pos, y.size, "prob_pos")
+    y = as_labels(y_true, 2)
+    scores = as_scores(prob_pos, y.size, "prob_pos")
     pred = (scores >= threshold).astype(int)
     prec, rec, f1, _ = precision_recall_fscore_support(
         y, pred, labels=[0, 1], average=None, zero_division=np.nan
@@ -225,9 +159,9 @@ def multiclass_metrics(y_true: ArrayLike, probs: ArrayLike) -> dict[str, float]:
     Raises:
         DataError: On malformed input.
     """
-    p = _as_probs(probs)
+    p = as_probs(probs)
     k = p.shape[1]
-    y = _as_labels(y_true, k, p.shape[0])
+    y = as_labels(y_true, k, p.shape[0])
     pred = np.argmax(p, axis=1)
     present = np.unique(y)
     if present.size < k:
@@ -269,11 +203,11 @@ def compute_metrics(
         DataError: On malformed input.
         ConfigError: If ``positive_index`` is not 0 or 1 for a binary problem.
     """
-    p = _as_probs(probs)
-    pos = _resolve_positive(positive_index, p.shape[1])
+    p = as_probs(probs)
+    pos = resolve_positive(positive_index, p.shape[1])
     if pos is None:
         return multiclass_metrics(y_true, p)
-    y = _as_labels(y_true, 2, p.shape[0])
+    y = as_labels(y_true, 2, p.shape[0])
     return binary_metrics(y == pos, p[:, pos], threshold)
 
 
@@ -293,8 +227,8 @@ def confusion(
     Returns:
         The matrix as nested lists of Python ints.
     """
-    p = _as_probs(probs)
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1], p.shape[0])
     pred = predict_classes(p, positive_index, threshold)
     cm = confusion_matrix(y, pred, labels=np.arange(p.shape[1]))
     return [[int(v) for v in row] for row in cm]
@@ -334,7 +268,7 @@ def _group_stats(
     threshold: float,
 ) -> _GroupStats:
     """Collect the per-group statistics of a (validated) data set."""
-    pos = _resolve_positive(positive_index, probs.shape[1])
+    pos = resolve_positive(positive_index, probs.shape[1])
     pred = predict_classes(probs, positive_index, threshold)
     if pos is not None:
         y_eff, pred_eff, k = (y == pos).astype(int), (pred == pos).astype(int), 2
@@ -484,9 +418,9 @@ def bootstrap_ci(
         raise ConfigError(
             f"bootstrap needs n_boot >= 0 and 0 < level < 1, got n_boot={n_boot}, level={level}."
         )
-    p = _as_probs(probs)
-    y = _as_labels(y_true, p.shape[1], p.shape[0])
-    inv, n_groups = _factorize(groups, y.size)
+    p = as_probs(probs)
+    y = as_labels(y_true, p.shape[1], p.shape[0])
+    inv, n_groups = factorize(groups, y.size)
     if n_boot == 0:
         return {key: (math.nan, math.nan) for key in METRIC_KEYS}
     stats_ = _group_stats(y, p, inv, n_groups, positive_index, threshold)
@@ -534,14 +468,14 @@ def summarize(
     Raises:
         DataError: On malformed input or a ``class_names`` list of the wrong length.
     """
-    p = _as_probs(probs)
+    p = as_probs(probs)
     k = p.shape[1]
     if len(class_names) != k:
         raise DataError(
             f"class_names has {len(class_names)} names but probs has {k} columns; they must match."
         )
-    y = _as_labels(y_true, k, p.shape[0])
-    pos = _resolve_positive(positive_index, k)
+    y = as_labels(y_true, k, p.shape[0])
+    pos = resolve_positive(positive_index, k)
     point = compute_metrics(y, p, pos, threshold)
     cis = bootstrap_ci(y, p, groups, pos, threshold, n_boot=n_boot, seed=seed, level=0.95)
     out: dict[str, Any] = {
@@ -551,7 +485,7 @@ def summarize(
     counts = np.bincount(y, minlength=k)
     out.update(
         n=int(y.size),
-        n_groups=_factorize(groups, y.size)[1],
+        n_groups=factorize(groups, y.size)[1],
         class_names=list(class_names),
         positive_class=None if pos is None else class_names[pos],
         threshold=float(threshold),
@@ -630,9 +564,9 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> tu
         variance both vanish (e.g. identical scores); it is nan (logged) when a class has
         fewer than two cases, or the variance is zero while the AUCs differ.
     """
-    y = _as_labels(y_true, 2, name="y_true")
-    a = _as_scores(score_a, y.size, "score_a")
-    b = _as_scores(score_b, y.size, "score_b")
+    y = as_labels(y_true, 2, name="y_true")
+    a = as_scores(score_a, y.size, "score_a")
+    b = as_scores(score_b, y.size, "score_b")
     pos, neg = y == 1, y == 0
     if pos.sum() == 0 or neg.sum() == 0:
         logger.warning("DeLong test undefined: y_true holds a single class; returning nan.")

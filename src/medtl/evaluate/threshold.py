@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from medtl.errors import ConfigError, DataError
-from medtl.evaluate.metrics import _as_labels, _as_scores
+from medtl.evaluate.inputs import as_labels, as_scores
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def choose_threshold(y_true: ArrayLike, prob_pos: ArrayLike, rule: Rule = "youde
     _check_rule(rule, target)
     if rule == "fixed":
         return 0.5 if target is None else float(target)
-    y = _as_labels(y_true, 2)
-    scores = _as_scores(prob_pos, y.size, "prob_pos")
+    y = as_labels(y_true, 2)
+    scores = as_scores(prob_pos, y.size, "prob_pos")
     _require_classes(y, rule)
     desc, sens, spec = _cut_table(y, scores)
     if rule == "youden":
@@ -185,8 +185,8 @@ def operating_point(y_true: ArrayLike, prob_pos: ArrayLike, rule: Rule = "youden
     threshold = choose_threshold(y_true, prob_pos, rule, target)
     if rule == "fixed" and np.asarray(y_true).size == 0:
         return OperatingPoint(rule, None if target is None else float(target), threshold, math.nan, math.nan, 0, 0)
-    y = _as_labels(y_true, 2)
-    pred = _as_scores(prob_pos, y.size, "prob_pos") >= threshold
+    y = as_labels(y_true, 2)
+    pred = as_scores(prob_pos, y.size, "prob_pos") >= threshold
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     sens = float(pred[y == 1].mean()) if n_pos else math.nan
     spec = float((~pred[y == 0]).mean()) if n_neg else math.nan

@@ -12,8 +12,8 @@ from torch import nn
 from medtl.config import HeadConfig
 from medtl.errors import WeightsError
 from medtl.models import scratch  # noqa: F401  (registers small_cnn with timm)
+from medtl.models.cuts import truncate
 from medtl.models.registry import WeightsSpec, load_pretrained, resolve_weights
-from medtl.transfer.cuts import truncate
 
 log = logging.getLogger(__name__)
 

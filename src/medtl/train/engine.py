@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ import lightning as L
 import numpy as np
 import sklearn
 import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torch import nn
@@ -23,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medtl.config import TrainConfig
 from medtl.errors import TrainingError
-from medtl.evaluate.metrics import compute_metrics
+from medtl.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +133,12 @@ class ClassifierModule(L.LightningModule):
         self._val.clear()
         probs = logits.softmax(1).numpy()
         with sklearn.config_context(skip_parameter_validation=True):  # per epoch: validated inputs, no overhead
-            scores = compute_metrics(y.numpy(), probs, self.positive_index)
+            accuracy, auc = validation_scores(y.numpy(), probs, self.positive_index)
         self.log("val_loss", float(nn.functional.cross_entropy(logits, y)))
-        self.log("val_accuracy", scores["accuracy"])
-        self.log("val_auc", _nan_to(scores["auc"], 0.0))
-        self.log("val_auc_se", auc_standard_error(_nan_to(scores["auc"], 0.5), y.numpy(), self.positive_index))
-        self.log("val_accuracy_se", math.sqrt(max(scores["accuracy"] * (1 - scores["accuracy"]), 1e-12) / len(y)))
+        self.log("val_accuracy", accuracy)
+        self.log("val_auc", _nan_to(auc, 0.0))
+        self.log("val_auc_se", auc_standard_error(_nan_to(auc, 0.5), y.numpy(), self.positive_index))
+        self.log("val_accuracy_se", math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(y)))
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, n = (sum(v) for v in zip(*self._train, strict=True)) if self._train else (0, 0, 0)
@@ -165,6 +168,35 @@ def _num_outputs(model: nn.Module) -> int:
     if not linear:
         raise TrainingError("train.mixup / train.cutmix: the model has no linear output layer to size the targets")
     return linear[-1].out_features
+
+
+def validation_scores(y: np.ndarray, probs: np.ndarray, positive_index: int | None) -> tuple[float, float]:
+    """Accuracy and AUC of one validation pass, as :func:`medtl.evaluate.metrics.compute_metrics` defines them.
+
+    Binary (two columns): predicted positive iff ``probs[:, positive] >= 0.5`` (positive 1 by default),
+    ROC AUC of that column. More classes: argmax accuracy, macro one-vs-rest AUC over the classes
+    present. The AUC is nan when fewer than two classes are present. (Computed here with scikit-learn
+    so that training does not depend on the evaluation layer; a test checks both agree.)
+
+    Args:
+        y: Class indices, shape (n,).
+        probs: Class probabilities, shape (n, K).
+        positive_index: Positive class of a binary problem (None: class 1); ignored for K > 2.
+
+    Returns:
+        ``(accuracy, auc)``.
+    """
+    p = np.asarray(probs, dtype=float)
+    labels = np.asarray(y).astype(int)
+    if p.shape[1] == 2:
+        pos = 1 if positive_index is None else positive_index
+        truth, scores = (labels == pos).astype(int), p[:, pos]
+        pred = (scores >= 0.5).astype(int)
+        auc = float(roc_auc_score(truth, scores)) if np.unique(truth).size == 2 else math.nan
+        return float(accuracy_score(truth, pred)), auc
+    present = np.unique(labels)
+    auc = float(np.mean([roc_auc_score(labels == c, p[:, c]) for c in present])) if present.size > 1 else math.nan
+    return float(accuracy_score(labels, np.argmax(p, axis=1))), auc
 
 
 def auc_standard_error(auc: float, y: np.ndarray, positive_index: int | None) -> float:
@@ -230,7 +262,7 @@ def lr_multipliers(model: nn.Module, decay: float | None, backbone_mult: float =
     mults = mults or {}
     if backbone is None or (decay is None and backbone_mult == 1.0 and not mults):
         return [(1.0, list(model.parameters()))]
-    from medtl.transfer.cuts import cut_points
+    from medtl.models.cuts import cut_points
 
     points = cut_points(backbone)
     unknown = [k for k in mults if not any(p == k or p.startswith(k + ".") for p in points)]
@@ -371,11 +403,7 @@ def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> torch.Te
 
 def accelerator(cfg: TrainConfig) -> str:
     """Lightning accelerator for ``train.device`` (``auto`` → GPU when one is present)."""
-    if cfg.device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return "gpu" if cfg.device == "cuda" else "cpu"
+    return "gpu" if resolve_device(cfg.device) == "cuda" else "cpu"
 
 
 def lightning_precision(cfg: TrainConfig) -> str:
@@ -390,11 +418,12 @@ def lightning_precision(cfg: TrainConfig) -> str:
 
 def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
     """A DataLoader sized to the machine: in-process on CPU, workers on GPU."""
-    workers = cfg.num_workers if cfg.num_workers is not None else (4 if torch.cuda.is_available() else 0)
+    cuda = resolve_device(cfg.device) == "cuda"
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if cuda else 0)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, drop_last=False, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=cuda)
 
 
 def min_epochs(cfg: TrainConfig) -> int:
@@ -407,6 +436,26 @@ def min_epochs(cfg: TrainConfig) -> int:
     if es is None:
         return cfg.epochs
     return es.min_epochs if es.min_epochs is not None else math.ceil(cfg.epochs / 2)
+
+
+def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loader: DataLoader,
+                       val_loader: DataLoader | None) -> None:
+    """``trainer.fit`` that lets Ctrl-C reach the caller as KeyboardInterrupt.
+
+    Lightning answers Ctrl-C by ignoring SIGINT from then on and calling ``sys.exit(1)``; medtl's run
+    wants to say what it kept, and the next Ctrl-C must work again.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        trainer.fit(module, train_loader, val_loader)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if in_main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
@@ -436,7 +485,7 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     if cfg.compile:
         module.model.compile()  # in place: parameter names (and saved state dicts) stay the same
     try:
-        trainer.fit(module, train_loader, val_loader)
+        _fit_interruptible(trainer, module, train_loader, val_loader)
     except TrainingError as exc:
         exc.last_good = keeper.last_good  # type: ignore[attr-defined]
         raise

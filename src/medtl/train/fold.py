@@ -34,12 +34,12 @@ from medtl.data.splits import Fold
 from medtl.data.strategy import training_dataset
 from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer, build_augment
 from medtl.errors import MedtlError, TrainingError
+from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer import prefix_cache as pc
-from medtl.transfer.cuts import cut_points
 from medtl.transfer.freeze import apply_strategy
 from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 from medtl.transfer.probe import init_head
@@ -96,15 +96,6 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, W
     truncate_at = cfg.transfer.truncate_at if cfg.transfer.strategy == "truncated" else None
     return create_model(cfg.model.backbone, cfg.model.weights, num_classes, cfg.model.head, cfg.model.drop_rate,
                         cfg.model.drop_path_rate, truncate_at)
-
-
-def resolve_device(requested: str) -> str:
-    """``train.device`` as a torch device; ``cuda`` without a GPU is an error, never a silent CPU run."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise MedtlError("train.device is 'cuda' but no CUDA device is available; set train.device: auto or cpu")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 # ---------------------------------------------------------------- the fold trainer

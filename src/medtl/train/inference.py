@@ -10,7 +10,7 @@ from rich.progress import track
 from torch import nn
 
 from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
-from medtl.train.fast import FastForward
+from medtl.models.fast import FastForward
 
 
 def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: str | None = None):
@@ -29,7 +29,7 @@ def predict_probs(model: nn.Module, normalizer: Normalizer, images: np.ndarray, 
                   progress: bool = False, fast: bool = True) -> np.ndarray:
     """Softmax probabilities ``(len(indices), K)``, averaged over the views of ``tta`` (``TTA_VIEWS``).
 
-    ``fast``: run the model traced and frozen on CPU (:mod:`medtl.train.fast`).
+    ``fast``: run the model traced and frozen on CPU (:mod:`medtl.models.fast`).
     """
     model = model.to(device).eval()
     views = TTA_VIEWS[tta]
@@ -48,7 +48,7 @@ def embed(backbone: nn.Module, normalizer: Normalizer, images: np.ndarray, indic
           fast: bool = True) -> torch.Tensor:
     """Pooled backbone features ``(len(indices), D)`` of one test-time ``view`` of the images (``tta_view``).
 
-    ``fast``: run the backbone traced and frozen on CPU (:mod:`medtl.train.fast`).
+    ``fast``: run the backbone traced and frozen on CPU (:mod:`medtl.models.fast`).
     """
     backbone = backbone.to(device).eval()
     run = FastForward(backbone, len(indices), fast)

@@ -1,4 +1,4 @@
-"""Transfer strategies: which parameters train (cut points: :mod:`medtl.transfer.cuts`)."""
+"""Transfer strategies: which parameters train (cut points: :mod:`medtl.models.cuts`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import logging
 
 from torch import nn
 
-from medtl.config import TransferConfig
+from medtl.config import TransferConfig, UnfreezeStep
 from medtl.errors import ConfigError
+from medtl.models.cuts import check_cut_point, cut_points
 from medtl.models.network import TransferNet
-from medtl.transfer.cuts import check_cut_point, cut_points
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,30 @@ def apply_strategy(model: TransferNet, cfg: TransferConfig) -> None:
                               "feature_extraction trains the head alone")
         set_trainable(model, "head")
     elif cfg.strategy == "gradual":
-        from medtl.transfer.gradual import check_schedule
-
         check_schedule(model, cfg.schedule)
         set_trainable(model, cfg.schedule[0].unfreeze_from)
     elif cfg.strategy == "scratch":
         set_trainable(model, None)
     else:  # fine_tune, truncated
         set_trainable(model, cfg.unfreeze_from)
+
+
+def check_schedule(model: TransferNet, schedule: list[UnfreezeStep]) -> None:
+    """Every step names a cut point (or ``head``) and unfreezes at least as much as the step before.
+
+    Raises:
+        ConfigError: A step names no cut point, or would freeze layers that an earlier step unfroze.
+    """
+    points = cut_points(model.backbone)
+    previous = len(points) + 1
+    for i, step in enumerate(schedule):
+        if step.unfreeze_from != "head":
+            check_cut_point(model.backbone, step.unfreeze_from, f"transfer.schedule[{i}].unfreeze_from")
+        start = len(points) if step.unfreeze_from == "head" else points.index(step.unfreeze_from)
+        if start > previous:
+            raise ConfigError(f"transfer.schedule[{i}]: unfreeze_from '{step.unfreeze_from}' would freeze layers "
+                              "again; each step must unfreeze from the same or a lower cut point")
+        previous = start
 
 
 def count(model: nn.Module, trainable_only: bool = False) -> int:

@@ -12,31 +12,11 @@ import logging
 import lightning as L
 
 from medtl.config import UnfreezeStep
+from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet
-from medtl.transfer.cuts import check_cut_point, cut_points
 from medtl.transfer.freeze import count, set_trainable
 
 log = logging.getLogger(__name__)
-
-
-def check_schedule(model: TransferNet, schedule: list[UnfreezeStep]) -> None:
-    """Every step names a cut point (or ``head``) and unfreezes at least as much as the step before."""
-    points = cut_points(model.backbone)
-    previous = len(points) + 1
-    for i, step in enumerate(schedule):
-        if step.unfreeze_from != "head":
-            check_cut_point(model.backbone, step.unfreeze_from, f"transfer.schedule[{i}].unfreeze_from")
-        start = len(points) if step.unfreeze_from == "head" else points.index(step.unfreeze_from)
-        if start > previous:
-            raise_config(f"transfer.schedule[{i}]: unfreeze_from '{step.unfreeze_from}' would freeze layers "
-                         "again; each step must unfreeze from the same or a lower cut point")
-        previous = start
-
-
-def raise_config(message: str) -> None:
-    from medtl.errors import ConfigError
-
-    raise ConfigError(message)
 
 
 def step_lr_mults(model: TransferNet, schedule: list[UnfreezeStep], lr: float) -> dict[str, float]:

@@ -51,8 +51,8 @@ from torch.utils.data import Dataset
 from medtl.config import AugmentConfig, TransferConfig
 from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
 from medtl.errors import ConfigError, MedtlError
-from medtl.train.fast import FastForward
-from medtl.transfer.cuts import _walk, check_cut_point, cut_points
+from medtl.models.cuts import check_cut_point, cut_points, walk
+from medtl.models.fast import FastForward
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +156,13 @@ def split_at(backbone: nn.Module, cut: str, verify_size: int | None = 64) -> Pre
         split = PrefixSplit(FrozenPrefix([("backbone", backbone)]), nn.Identity(), cut)
     else:
         check_cut_point(backbone, cut, "prefix cache cut")
-        walk = _walk(backbone)
-        start = [name for name, _ in walk].index(cut)
-        memo: dict[int, object] = {id(m): nn.Identity() for _, m in walk[:start]}
-        memo.update({id(m): m for _, m in walk[start:]})
+        order = walk(backbone)
+        start = [name for name, _ in order].index(cut)
+        memo: dict[int, object] = {id(m): nn.Identity() for _, m in order[:start]}
+        memo.update({id(m): m for _, m in order[start:]})
         memo.update({id(t): t for t in [*backbone.parameters(recurse=False), *backbone.buffers(recurse=False)]})
         suffix = copy.deepcopy(backbone, memo)  # containers copied, modules shared or replaced
-        split = PrefixSplit(FrozenPrefix(walk[:start]), suffix, cut)
+        split = PrefixSplit(FrozenPrefix(order[:start]), suffix, cut)
     trainable = [name for name, p in split.prefix.named_parameters() if p.requires_grad]
     if trainable:
         raise ConfigError(f"prefix cache: '{trainable[0]}' lies before the cut '{cut}' but is trainable; "
@@ -564,7 +564,7 @@ def prefix_batches(prefix: nn.Module, normalizer: Normalizer, images: np.ndarray
     """Prefix activations of ``view`` of ``images[indices]``, batch by batch (eval, inference mode).
 
     The prefix is moved to ``device`` for the computation and back afterwards; ``fast`` runs it
-    traced and frozen on CPU (:mod:`medtl.train.fast`).
+    traced and frozen on CPU (:mod:`medtl.models.fast`).
     """
     home = next(prefix.parameters(), torch.empty(0)).device
     starts = range(0, len(indices), batch_size)
@@ -605,7 +605,7 @@ def prefix_views(cache: ActivationCache, split: PrefixSplit, key: PrefixKey, ima
         batch_size: Images per prefix forward.
         device: Where the prefix runs on a miss.
         progress: Show a progress bar while computing.
-        fast: Run the prefix traced and frozen on CPU (:mod:`medtl.train.fast`).
+        fast: Run the prefix traced and frozen on CPU (:mod:`medtl.models.fast`).
     """
     indices = np.arange(len(images))
     content = images_sha256(images, indices)

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from medtl.train.fast import MIN_IMAGES, FastForward
+from medtl.models.fast import MIN_IMAGES, FastForward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +51,7 @@ class _DataDependent(nn.Module):
 
 def test_untraceable_module_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -> None:
     run = FastForward(_DataDependent(), MIN_IMAGES)
-    with caplog.at_level(logging.INFO, logger="medtl.train.fast"), torch.inference_mode():
+    with caplog.at_level(logging.INFO, logger="medtl.models.fast"), torch.inference_mode():
         out = run(_images(3))
     assert isinstance(out, dict) and run.traced is None
     assert "running eagerly" in caplog.text

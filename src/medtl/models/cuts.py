@@ -23,7 +23,7 @@ _CONTAINERS = ("blocks", "layers", "stages", "features", "layer1", "layer2", "la
                "dense_blocks")
 
 
-def _walk(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+def walk(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every module of the forward path in order, containers expanded (parameter-free ones included)."""
     out = []
     for name, child in backbone.named_children():
@@ -36,7 +36,7 @@ def _walk(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def cut_points(backbone: nn.Module) -> list[str]:
     """Names of the backbone's cut points in forward order (modules that hold parameters)."""
-    return [name for name, module in _walk(backbone) if any(True for _ in module.parameters())]
+    return [name for name, module in walk(backbone) if any(True for _ in module.parameters())]
 
 
 def check_cut_point(backbone: nn.Module, name: str, key: str) -> None:
@@ -59,8 +59,8 @@ class TruncatedBackbone(nn.Module):
     def __init__(self, backbone: nn.Module, truncate_at: str) -> None:
         super().__init__()
         check_cut_point(backbone, truncate_at, "transfer.truncate_at")
-        walk = _walk(backbone)
-        kept = walk[: [name for name, _ in walk].index(truncate_at) + 1]
+        order = walk(backbone)
+        kept = order[: [name for name, _ in order].index(truncate_at) + 1]
         for name, module in kept:
             parent, _, sub = name.rpartition(".")
             if parent:
@@ -111,24 +111,31 @@ class CutPoint:
 
 
 def describe(backbone: nn.Module, image_size: int = 224) -> list[CutPoint]:
-    """Cut points with output shape at ``image_size``, parameters frozen below / trained from here on."""
+    """Cut points with output shape at ``image_size``, parameters frozen below / trained from here on.
+
+    Raises:
+        ConfigError: ``image_size`` is too small for the backbone's forward pass.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
-    walk = dict(_walk(backbone))
+    modules = dict(walk(backbone))
     points = cut_points(backbone)
-    hooks = [walk[name].register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, tuple(o.shape[1:])))
+    hooks = [modules[name].register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, tuple(o.shape[1:])))
              for name in points]
     mode = backbone.training
     backbone.eval()
     try:
         with torch.no_grad():
             backbone(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as exc:  # torch reports shapes that shrink to nothing as RuntimeError
+        raise ConfigError(f"a {image_size} px image does not pass through this backbone ({exc}); use a larger "
+                          "image size (medtl layers --image-size)") from None
     finally:
         for hook in hooks:
             hook.remove()
         backbone.train(mode)
     stages = {info.get("module"): f"{i} (/{info.get('reduction')})"
               for i, info in enumerate(getattr(backbone, "feature_info", []) or [])}
-    sizes = [sum(p.numel() for p in walk[name].parameters()) for name in points]
+    sizes = [sum(p.numel() for p in modules[name].parameters()) for name in points]
     total = sum(p.numel() for p in backbone.parameters())
     rows, below = [], 0
     for name, size in zip(points, sizes, strict=True):
