@@ -299,9 +299,14 @@ def _classifier_prefix(model: nn.Module) -> str:
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without executing pickles: safetensors, or ``torch.load(weights_only=True)``."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise WeightsError(f"{path}: not a safetensors file ({exc}); re-save the weights with "
+                               "safetensors.torch.save_file") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and others for unsafe or corrupt files
