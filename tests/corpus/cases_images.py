@@ -50,7 +50,7 @@ def _writers() -> dict[str, Callable[[Path, Path], None]]:
         "bomb.png": lambda p, f: p.write_bytes(_bomb_png()),
         "cmyk.jpg": lambda p, f: _spare(0).convert("CMYK").save(p, format="JPEG"),
         "deep16.png": lambda p, f: Image.fromarray(
-            (np.asarray(_spare(1).convert("L"), dtype=np.uint16) * 257)).save(p, format="PNG"),
+            np.asarray(_spare(1).convert("L"), dtype=np.uint16) * 257).save(p, format="PNG"),
         "dot.png": lambda p, f: Image.new("L", (1, 1), 200).save(p, format="PNG"),
         "really_a_gif.jpg": lambda p, f: _spare(2).convert("P").save(p, format="GIF"),
     }
