@@ -129,7 +129,7 @@ CASES = [
          _with("bomb.png"), 0, "13 / 1", _decoded({"yes/bomb.png"}), GOOD),
     Case("img-cmyk-jpeg", "held", "a CMYK JPEG", "decoded (converted like any colour image)",
          _with("cmyk.jpg"), 0, "13 / 0", _decoded(set()), GOOD + 1),
-    Case("img-16bit-png", "held", "a 16-bit grayscale PNG", "decoded (scaled to 8 bits)",
+    Case("img-16bit-png", "held", "a 16-bit grayscale PNG", "decoded (scaled to 8 bits by its own min and max)",
          _with("deep16.png"), 0, "13 / 0", _decoded(set()), GOOD + 1),
     Case("img-1x1", "held", "a 1 x 1 pixel PNG", "decoded", _with("dot.png"), 0, "13 / 0", _decoded(set()),
          GOOD + 1),
@@ -143,7 +143,8 @@ CASES = [
     Case("img-unicode-names", "held", "non-ASCII file names (`脑 MRI – ñandú.jpg`)", "read and reported by name",
          _unicode, 0, "12 / 0", _decoded(set()), GOOD),
     Case("img-train-bad-over-limit", "held", "train on 12 images + 3 unreadable (default `max_bad_fraction` 0.05)",
-         "exit 2 naming the files and `data.max_bad_fraction`", _train_mixed(None), 2, "max_bad_fraction"),
+         "exit 2 naming the files and `data.max_bad_fraction`", _train_mixed(None), 2,
+         "3 of 15 images (20.0%) cannot be decoded, more than data.max_bad_fraction"),
     Case("img-train-bad-skipped", "held", "train on 12 images (one unicode name) + 3 unreadable, "
          "`max_bad_fraction: 0.3`", "unreadable files skipped with a warning; the run uses the 12",
          _train_mixed(0.3), 0, "", _split_ids, GOOD, slow=True),

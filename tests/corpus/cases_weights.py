@@ -62,7 +62,7 @@ CASES = [
     Case("weights-pickle-pth", "held", "`file:evil.pth`, a plain pickle that runs code on load",
          "refused, exit 2; the code never runs", _weights("evil.pth", _write_pickle), 2,
          "not a weights-only checkpoint", _marker_absent, 1),
-    Case("weights-fake-safetensors", "held", "`file:evil.safetensors` holding a pickle",
+    Case("weights-fake-safetensors", "new", "`file:evil.safetensors` holding a pickle",
          "refused as not safetensors, exit 2; the code never runs", _weights("evil.safetensors",
                                                                            _write_fake_safetensors), 2,
          "not a safetensors file", _marker_absent, 1),
