@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import corpus as corpus_pkg
-from medtl.cli import app
 from corpus.case import Case
+from medtl.cli import app
 
 
 def all_cases() -> list[Case]:
