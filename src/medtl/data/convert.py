@@ -15,6 +15,10 @@ value), and counts, warnings and errors to ``convert_report.json``. The written 
 by the SHA-256 of its bytes, not by its path (folder names often carry patient names), unless asked.
 Pixels are not de-identified: files whose BurnedInAnnotation is YES, and modalities that often burn
 text into pixels (US, SC, XC), are warned about so that someone looks at them.
+
+A file that cannot be read, de-identified or written is reported with the reason and the others are
+converted. The output folder must be new or empty (``overwrite`` empties an earlier conversion's
+folder) and never overlaps the source folder, so identifiable originals never end up among the outputs.
 """
 
 from __future__ import annotations
