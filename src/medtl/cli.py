@@ -374,7 +374,7 @@ def _convert_choices(field: str) -> tuple[str, ...]:
 @app.command()
 @handled
 def convert(src_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files (recursive).")],
-            out_dir: Annotated[Path, typer.Argument(help="Output folder (outside SRC_DIR).")],
+            out_dir: Annotated[Path, typer.Argument(help="New or empty output folder (outside SRC_DIR).")],
             fmt: Annotated[str, typer.Option("--format", help="png8 (windowed), png16 (stored values) or dicom.")]
             = "png8",
             window: Annotated[str, typer.Option(help="file, minmax, brain, subdural, bone, lung, mediastinum.")]
@@ -387,8 +387,14 @@ def convert(src_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files 
             key: Annotated[str | None, typer.Option(help="Secret for reproducible pseudonyms (default random).")]
             = None,
             log_source_paths: Annotated[bool, typer.Option(help="Name source paths in the audit log.")] = False,
+            overwrite: Annotated[bool, typer.Option(help="Empty OUT_DIR first when it holds an earlier conversion.")]
+            = False,
             quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
-    """DICOM to de-identified PNG (or DICOM) + manifest.csv + de-identification audit log."""
+    """DICOM to de-identified PNG (or DICOM) + manifest.csv + de-identification audit log.
+
+    Files that cannot be converted are listed with the reason (and in convert_report.json); the others
+    are converted and the exit code stays 0.
+    """
     import typing
 
     from medtl.config import DicomConfig
@@ -404,7 +410,7 @@ def convert(src_dir: Annotated[Path, typer.Argument(help="Folder of DICOM files 
     options = ConvertOptions(format=fmt, dicom=DicomConfig(window=window), labels=labels,  # type: ignore[arg-type]
                              label_key=label_key, label_column=label_column, dates=dates,  # type: ignore[arg-type]
                              key=key, log_source_paths=log_source_paths)
-    report = convert_dicom(src_dir, out_dir, options, progress=not quiet)
+    report = convert_dicom(src_dir, out_dir, options, progress=not quiet, overwrite=overwrite)
     for source, reason in report.errors:
         console.print(f"[red]not converted[/] {escape(str(source))}: {escape(str(reason))}")
     _out().print(f"{report.n_converted} of {report.n_files} files converted into {report.n_outputs} outputs in "

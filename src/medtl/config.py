@@ -439,7 +439,15 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     key = ".".join(p for p in key.strip().split(".") if p)
     if not key:
         raise ConfigError(f"--set '{assignment}': empty key")
-    set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() else None, f"--set '{assignment}'", merge=False)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--set '{assignment}': the config's top level is a {type(tree).__name__}, not a mapping "
+                          "with data/model/transfer/train blocks; fix the YAML file")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set '{assignment}': the value is not valid YAML ({' '.join(str(exc).split())}); "
+                          "quote it, e.g. --set 'name=\"a: b\"'") from None
+    set_dotted(tree, key, value, f"--set '{assignment}'", merge=False)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any, source: str = "<config>", merge: bool = True) -> None:

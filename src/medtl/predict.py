@@ -12,7 +12,7 @@ import numpy as np
 
 from medtl import artifact, rundir
 from medtl.config import DataConfig, EvaluateConfig
-from medtl.data.images import open_image, to_array
+from medtl.data.images import IMAGE_EXTENSIONS, find_image_files, open_image, to_array
 from medtl.data.sources import load_images, load_table
 from medtl.data.transforms import TTA_VIEWS
 from medtl.errors import DataError, MedtlError
@@ -21,19 +21,31 @@ from medtl.train.inference import predict_probs
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-
-
 def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given, plus the image files found (recursively) in folders, sorted."""
+    """Files as given, plus the image files found (recursively) in folders, sorted.
+
+    Folders are searched like the folder source searches class folders
+    (:func:`~medtl.data.images.find_image_files`): hidden files such as ``.DS_Store`` or ``._x.jpg`` are skipped.
+
+    Raises:
+        DataError: A path does not exist, or no image file was found (naming the folders and what they hold).
+    """
     out: list[Path] = []
+    empty: list[str] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            images, others = find_image_files(path)
+            out.extend(images)
+            if not images:
+                found = f"{len(others)} other files, e.g. {others[0].name}" if others else "no visible files"
+                empty.append(f"{path} ({found})")
         elif path.exists():
             out.append(path)
         else:
             raise DataError(f"{path}: no such file or folder")
+    if not out:
+        raise DataError(f"no image files to predict in {'; '.join(empty)}; images need one of the extensions "
+                        f"{' '.join(sorted(IMAGE_EXTENSIONS))} (hidden files are skipped)")
     return out
 
 
@@ -41,11 +53,15 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
     """Class probabilities for each image, averaged over the run's fold models.
 
     Unreadable files are not dropped: their row carries the error and empty probabilities.
+
+    Raises:
+        DataError: No image file was found, or none of the files could be decoded.
     """
+    files = expand_paths(paths)
     models, meta = artifact.load_fold_models(rundir.require_complete(run_dir))
     pre = meta.preprocess
     rows, arrays, ok = [], [], []
-    for path in expand_paths(paths):
+    for path in files:
         try:
             arrays.append(to_array(open_image(path), pre.image_size, pre.color, pre.resize, pre.crop))
             ok.append(len(rows))
@@ -53,11 +69,13 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
         except DataError as exc:
             log.warning("%s", exc)
             rows.append({"path": str(path), "error": str(exc)})
-    if arrays:
-        probs = _ensemble(list(models.values()), meta, np.stack(arrays))
-        for row_index, p in zip(ok, probs, strict=True):
-            rows[row_index].update({f"prob_{n}": float(v) for n, v in zip(meta.class_names, p, strict=True)})
-            rows[row_index]["pred"] = meta.class_names[_decide(p, meta)]
+    if not arrays:
+        raise DataError(f"none of the {len(rows)} image files could be decoded (first: {rows[0]['error']}); "
+                        "nothing to predict")
+    probs = _ensemble(list(models.values()), meta, np.stack(arrays))
+    for row_index, p in zip(ok, probs, strict=True):
+        rows[row_index].update({f"prob_{n}": float(v) for n, v in zip(meta.class_names, p, strict=True)})
+        rows[row_index]["pred"] = meta.class_names[_decide(p, meta)]
     return rows
 
 

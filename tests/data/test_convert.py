@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from medtl.cli import app
 from medtl.config import DataConfig
+from medtl.data import convert as convert_mod
 from medtl.data.convert import ConvertOptions, convert_dicom
 from medtl.data.sources import load_table
 from medtl.errors import ConfigError, DataError
 
-from .conftest import pydicom_file
+from .conftest import PYDICOM_FILES, pydicom_file
 
 # PS3.15 Basic Profile attributes whose values identify a patient, a visit or a place.
 IDENTIFYING = (
@@ -174,6 +175,46 @@ def test_bad_options_and_folders(dicom_dir: Path) -> None:
         ConvertOptions(format="png9")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="inside the source folder"):
         convert_dicom(dicom_dir, dicom_dir / "out", progress=False)
+
+
+def test_output_folder_never_overlaps_the_source_and_is_emptied_only_with_overwrite(dicom_dir: Path) -> None:
+    parent = dicom_dir.parent
+    for out in (dicom_dir, parent):
+        with pytest.raises(DataError, match="OUT_DIR") as info:
+            convert_dicom(dicom_dir, out, progress=False, overwrite=True)
+        assert str(dicom_dir) in str(info.value)
+    out = parent / "out"
+    first = convert_dicom(dicom_dir, out, progress=False)
+    (out / "stale.png").write_bytes(b"old")
+    with pytest.raises(DataError, match="--overwrite"):
+        convert_dicom(dicom_dir, out, progress=False)
+    second = convert_dicom(dicom_dir, out, progress=False, overwrite=True)
+    assert not (out / "stale.png").exists() and second.n_outputs == first.n_outputs
+    assert len(list(out.rglob("*.png"))) == len(read_rows(second.manifest))
+    (parent / "mine").mkdir()
+    (parent / "mine" / "thesis.txt").write_text("keep")
+    with pytest.raises(DataError, match="no convert_report.json"):
+        convert_dicom(dicom_dir, parent / "mine", progress=False, overwrite=True)
+    assert (parent / "mine" / "thesis.txt").exists()
+
+
+def test_a_file_failing_mid_way_is_reported_and_its_partial_outputs_removed(
+        dicom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (dicom_dir / "badVR.dcm").write_bytes(pydicom_file("badVR.dcm").read_bytes())
+    save_png, calls = convert_mod._save_png, []
+
+    def fail_on_third_frame(raw, image, ds, path, fmt):  # noqa: ANN001, ANN202 - same signature as _save_png
+        calls.append(path.name)
+        if path.name.endswith("_f0002.png"):
+            raise ValueError("disk full")
+        return save_png(raw, image, ds, path, fmt)
+
+    monkeypatch.setattr(convert_mod, "_save_png", fail_on_third_frame)
+    report = convert_dicom(dicom_dir, tmp_path / "out", progress=False)
+    failed = {Path(s).name: reason for s, reason in report.errors}
+    assert "NumberOfFrames = '1A'" in failed["badVR.dcm"] and "disk full" in failed["emri_small.dcm"]
+    assert report.n_converted == len(PYDICOM_FILES) - 1
+    assert len(list((tmp_path / "out").rglob("*.png"))) == len(read_rows(report.manifest)) == report.n_outputs
 
 
 def test_cli_convert(dicom_dir: Path, tmp_path: Path) -> None:

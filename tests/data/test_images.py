@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtl.data.images import array_hash, open_image, pixel_hash, to_array
+from medtl.data.images import array_hash, find_image_files, open_image, pixel_hash, to_array
 from medtl.errors import DataError
 
 
@@ -147,3 +147,14 @@ def test_array_hash() -> None:
     changed[0, 0] += 1
     assert array_hash(arr) != array_hash(changed)
     assert array_hash(arr.T) == array_hash(np.ascontiguousarray(arr.T))
+
+
+def test_find_image_files_skips_hidden_entries_and_folder_links(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for rel in ("b.PNG", "sub/a.jpg", "._b.PNG", ".DS_Store", ".hidden/c.jpg", "notes.txt"):
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "sub" / "loop").symlink_to("..")
+    images, others = find_image_files(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in images] == ["b.PNG", "sub/a.jpg"]
+    assert [p.name for p in others] == ["notes.txt"]

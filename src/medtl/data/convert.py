@@ -15,6 +15,10 @@ value), and counts, warnings and errors to ``convert_report.json``. The written 
 by the SHA-256 of its bytes, not by its path (folder names often carry patient names), unless asked.
 Pixels are not de-identified: files whose BurnedInAnnotation is YES, and modalities that often burn
 text into pixels (US, SC, XC), are warned about so that someone looks at them.
+
+A file that cannot be read, de-identified or written is reported with the reason and the others are
+converted. The output folder must be new or empty (``overwrite`` empties an earlier conversion's
+folder) and never overlaps the source folder, so identifiable originals never end up among the outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hashlib
 import json
 import logging
 import secrets
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -155,28 +160,37 @@ class _State:
     refs: dict[str, str] = field(default_factory=dict)
     converted: int = 0
     stems: Counter[str] = field(default_factory=Counter)
+    pending_stem: str = ""
 
 
-def convert_dicom(src: Path, out: Path, options: ConvertOptions | None = None, progress: bool = True) -> ConvertReport:
+def convert_dicom(src: Path, out: Path, options: ConvertOptions | None = None, progress: bool = True,
+                  overwrite: bool = False) -> ConvertReport:
     """Convert every DICOM file under ``src`` into ``out``, de-identified, with manifest and audit log.
+
+    A file that cannot be read, de-identified or written is not converted: it is counted and listed with
+    the reason in the report (and :attr:`ConvertReport.errors`), and the other files are converted.
 
     Args:
         src: Folder of DICOM files (searched recursively).
-        out: Output folder (created; files already there with the same names are overwritten).
+        out: Output folder: new or empty, or (with ``overwrite``) the folder of an earlier conversion,
+            which is emptied first. It never overlaps ``src``.
         options: Format, window, labels and de-identification options.
         progress: Show a progress bar.
+        overwrite: Empty ``out`` first when it holds an earlier conversion.
 
     Returns:
         Counts, per-file errors and warnings, and the paths of the files written.
 
     Raises:
-        DataError: ``src`` is not a folder, ``out`` is inside ``src``, or the labels CSV is unusable.
+        DataError: ``src`` is not a folder, ``src`` and ``out`` overlap, ``out`` is not empty (without
+            ``overwrite``, or holding something else than an earlier conversion), or the labels CSV is unusable.
     """
     options = options or ConvertOptions()
-    src, out = Path(src).absolute(), Path(out).absolute()
+    src, out = Path(src).resolve(), Path(out).resolve()
     _check_folders(src, out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(make_anonymizer(options.key), options, out, _labeller(src, options))
+    labeller = _labeller(src, options)
+    _prepare_out(out, overwrite)
+    state = _State(make_anonymizer(options.key), options, out, labeller)
     exclude = {options.labels} if options.labels is not None else set()
     files, bad = scan_headers(src, "PatientID", exclude, progress=False)
     state.errors += [(str(src / rel), reason) for rel, reason in bad]
@@ -193,10 +207,43 @@ def make_anonymizer(key: str | None = None) -> Anonymizer:
 
 
 def _check_folders(src: Path, out: Path) -> None:
+    """Refuse a missing source and any overlap of source and output (even with ``--overwrite``)."""
     if not src.is_dir():
         raise DataError(f"{src}: not a folder; medtl convert reads the DICOM files under SRC_DIR")
-    if out == src or src in out.parents:
-        raise DataError(f"{out} lies inside the source folder {src}; choose an OUT_DIR outside it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"OUT_DIR {out} is a file; choose a new or empty folder")
+    if out == src:
+        where = "is the source folder itself"
+    elif src in out.parents:
+        where = f"lies inside the source folder {src}"
+    elif out in src.parents:
+        where = f"contains the source folder {src} (the identifiable originals would sit in the output)"
+    else:
+        return
+    raise DataError(f"OUT_DIR {out} {where}; choose an OUT_DIR outside SRC_DIR that does not contain it "
+                    "(--overwrite does not allow this either: emptying OUT_DIR would delete the input)")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Create ``out``; refuse a non-empty one unless ``overwrite`` and it holds an earlier conversion, then empty it."""
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    earlier = (out / "convert_report.json").is_file()
+    if entries and not overwrite:
+        hint = ", or pass --overwrite to empty this earlier conversion's folder first" if earlier else ""
+        raise DataError(f"OUT_DIR {out} is not empty ({len(entries)} entries, e.g. {entries[0].name}); old and "
+                        f"new outputs would mix. Choose a new or empty folder{hint}")
+    if entries and not earlier:
+        raise DataError(f"OUT_DIR {out} is not empty and holds no convert_report.json of an earlier medtl "
+                        "convert; --overwrite only empties an earlier conversion's folder. Choose a new or empty "
+                        "folder")
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if entries:
+        logger.info("%s: emptied (--overwrite): %d entries of an earlier conversion removed", out, len(entries))
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _labeller(src: Path, options: ConvertOptions) -> Labeller | None:
@@ -211,12 +258,36 @@ def _labeller(src: Path, options: ConvertOptions) -> Labeller | None:
 
 
 def _convert_file(f: DicomFile, state: _State) -> None:
-    ref = state.refs.setdefault(str(f.path), _source_ref(f, state.options))
+    """Convert one file; any failure is recorded in ``state.errors`` and its partial outputs are removed."""
+    state.refs.setdefault(str(f.path), _source_ref(f, state.options))
+    try:
+        _convert_one(f, state)
+    except DataError as exc:
+        state.errors.append((str(f.path), str(exc)))
+    except DICOM_ERRORS as exc:
+        state.errors.append((str(f.path), f"{f.path}: cannot convert ({type(exc).__name__}: {exc}); "
+                                          "the file is malformed: fix or re-export it"))
+    else:
+        return
+    _remove_partial(f, state)
+
+
+def _remove_partial(f: DicomFile, state: _State) -> None:
+    """Delete what a failed file already wrote (frames of a multi-frame file), so every output is listed."""
+    stem, state.pending_stem = state.pending_stem, ""
+    if not stem:
+        return
+    for path in state.out.glob(f"*/{stem}*"):
+        if path.name in (f"{stem}.png", f"{stem}.dcm") or path.name.startswith(f"{stem}_f"):
+            path.unlink()
+
+
+def _convert_one(f: DicomFile, state: _State) -> None:
     try:
         ds = pydicom.dcmread(f.path)
     except DICOM_ERRORS as exc:
-        state.errors.append((str(f.path), f"{f.path}: cannot read ({type(exc).__name__}: {exc})"))
-        return
+        raise DataError(f"{f.path}: cannot read ({type(exc).__name__}: {exc})") from None
+    ref = state.refs[str(f.path)]
     _warn_pixels(ds, f, state)
     label = _label_of(f, state)
     before = _elements(ds)
@@ -224,16 +295,14 @@ def _convert_file(f: DicomFile, state: _State) -> None:
     after = _elements(ds)
     state.identifying |= _changed_values(before, after)
     keys = _unique_keys(_output_keys(ds, f), f, state)
-    try:
-        writer = _write_dicom if state.options.format == "dicom" else _write_images
-        rows = writer(ds, f, keys, state)
-    except DataError as exc:
-        state.errors.append((str(f.path), str(exc)))
-        return
+    state.pending_stem = keys.stem
+    writer = _write_dicom if state.options.format == "dicom" else _write_images
+    rows = writer(ds, f, keys, state)
     state.rows += [row | {"label": label} for row in rows]
     output = rows[0]["path"] if len(rows) == 1 else rows[0]["path"].rsplit("_f", 1)[0] + "_f*.png"
     state.audit += [[output, ref, element, action] for element, action in audit_actions(before, after)]
     state.converted += 1
+    state.pending_stem = ""
 
 
 def _source_ref(f: DicomFile, options: ConvertOptions) -> str:

@@ -162,9 +162,20 @@ def _header_facts(ds: Dataset, path: Path, root: Path, patient_tag: str) -> Dico
         patient=patient or (f"study:{study}" if study else f"file:{path.relative_to(root).as_posix()}"),
         study=study, series=str(ds.get("SeriesInstanceUID", "") or ""), sop=str(ds.get("SOPInstanceUID", "") or ""),
         view=view_of(ds), modality=str(ds.get("Modality", "") or ""),
-        frames=max(1, int(ds.get("NumberOfFrames", 1) or 1)), instance=int(ds.get("InstanceNumber", 0) or 0),
-        size=(int(ds.Rows), int(ds.Columns)),
+        frames=max(1, _header_int(ds, "NumberOfFrames", 1, path)),
+        instance=_header_int(ds, "InstanceNumber", 0, path),
+        size=(_header_int(ds, "Rows", 0, path), _header_int(ds, "Columns", 0, path)),
     )
+
+
+def _header_int(ds: Dataset, keyword: str, default: int, path: Path) -> int:
+    """An integer header value (``default`` when absent or empty), or a DataError naming a malformed one."""
+    value = ds.get(keyword, default)
+    try:
+        return int(value or default)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: malformed header value {keyword} = {str(value)!r} (not an integer); "
+                        "fix the header or remove the file") from None
 
 
 def view_of(ds: Dataset) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,29 @@ Resize = Literal["squash", "pad", "crop"]
 _RESAMPLE = Image.Resampling.BICUBIC  # antialiased when shrinking
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def find_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Files under ``folder`` (recursive, sorted), split into images (by extension) and other files.
+
+    Hidden entries (names starting with ``.``: ``.DS_Store``, macOS ``._x.jpg`` resource forks, ``.git``)
+    are skipped, files and folders alike; symbolic links to folders are not followed, so a link loop
+    cannot recurse. Every command that reads an image folder (the folder source, ``predict``) uses this.
+
+    Args:
+        folder: The folder to search.
+
+    Returns:
+        ``(images, others)``: files with an extension in :data:`IMAGE_EXTENSIONS`, and the remaining files.
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(current) / name
+            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -29,7 +29,7 @@ from rich.progress import track
 
 from medtl.config import DataConfig, data_root
 from medtl.data.decoded_cache import DecodedCache
-from medtl.data.images import IMAGE_EXTENSIONS, array_hash, open_image, pixel_hash, to_array
+from medtl.data.images import IMAGE_EXTENSIONS, array_hash, find_image_files, open_image, pixel_hash, to_array
 from medtl.data.medmnist import MEDMNIST_FILES
 from medtl.errors import DataError
 
@@ -291,14 +291,8 @@ def _note_loose_files(root: Path) -> None:
 
 
 def _class_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted, hidden entries skipped); warn about others."""
-    images: list[Path] = []
-    others: list[str] = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
-            path = Path(current) / name
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    """Image files under ``folder`` (:func:`~medtl.data.images.find_image_files`); warn about others."""
+    images, others = find_image_files(folder)
     if others:
         listed = [p.relative_to(folder).as_posix() for p in others[:_MAX_LISTED]]
         logger.warning(
