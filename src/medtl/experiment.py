@@ -88,7 +88,8 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     distance = cfg.data.split.near_duplicates
     links = near_duplicate_links(loaded.images, distance) if distance is not None else []
     groups = assign_groups(samples, loaded.hashes, links)
-    folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction)
+    folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction,
+                       class_names=loaded.table.class_names)
     return PreparedData(loaded, labels, groups, folds)
 
 
@@ -413,7 +414,7 @@ def _fit_cached(model: TransferNet, spec: WeightsSpec, cfg: ExperimentConfig, da
         log.info("train.prefix_cache: nothing frozen to cache here (cut %s); training the whole network", cut)
         return None
     split = pc.split_at(model.backbone, cut)
-    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+    pre = preprocessing_for(spec, cfg.data.image_size, data.loaded.color, cfg.data.resize, cfg.data.crop)
     key = pc.prefix_key(split, cfg.model.backbone, pre, cfg.data.augment, seed=cfg.train.seed)
     augment = build_augment(cfg.data.augment)
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
@@ -556,7 +557,7 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
     _write_predictions(out_dir / "val_predictions.csv", data,
                        [(o.fold.index, o.fold.val, o.val_probs) for o in outcomes], choice.threshold)
     _write_history(out_dir / "history.csv", outcomes)
-    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+    pre = preprocessing_for(spec, cfg.data.image_size, data.loaded.color, cfg.data.resize, cfg.data.crop)
     lineage = [*spec.lineage, {"stage": cfg.name, "weights": spec.name, "weights_sha256": spec.sha256,
                                "data": str(cfg.data.location), "strategy": cfg.transfer.strategy,
                                "splits_sha256": _sha256(out_dir / "splits.csv")}]

@@ -147,6 +147,7 @@ def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, 
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     data = ExperimentConfig.model_validate(meta.config).data
+    data = data.model_copy(update={"color": meta.preprocess.color})  # the colour the models were trained on
     loaded = load_images(load_table(data), data)
     where = {s.id: i for i, s in enumerate(loaded.table.samples)}
     missing = [r["id"] for r in rows if r["id"] not in where]

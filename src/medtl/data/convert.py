@@ -41,6 +41,7 @@ from rich.progress import track
 
 from medtl.config import DataConfig, DicomConfig
 from medtl.data.dicom import DICOM_ERRORS, DicomFile, Labeller, csv_labeller, iter_frames, scan_headers
+from medtl.data.images import without_setting_hints
 from medtl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def _convert_file(f: DicomFile, state: _State) -> None:
         writer = _write_dicom if state.options.format == "dicom" else _write_images
         rows = writer(ds, f, keys, state)
     except DataError as exc:
-        state.errors.append((str(f.path), str(exc)))
+        state.errors.append((str(f.path), without_setting_hints(str(exc))))
         return
     state.rows += [row | {"label": label} for row in rows]
     output = rows[0]["path"] if len(rows) == 1 else rows[0]["path"].rsplit("_f", 1)[0] + "_f*.png"
