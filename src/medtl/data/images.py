@@ -61,11 +61,12 @@ def open_image(path: str | Path) -> Image.Image:
     return img
 
 
-COLOR_TOLERANCE = 12
-"""Channel difference (of 255) above which a pixel counts as coloured (JPEG noise on grey stays below)."""
+COLOR_TOLERANCE = 32
+"""Channel spread (of 255) above which a pixel counts as coloured: JPEG noise and the faint colour cast of
+scanned grey films stay below, skin, stain and fundus colours lie far above."""
 
-COLOR_MIN_SHARE = 0.01
-"""Share of coloured pixels from which an image carries colour."""
+COLOR_MIN_SHARE = 0.1
+"""Share of coloured pixels from which an image carries colour (a coloured marker or caption does not)."""
 
 
 def carries_color(img: Image.Image) -> bool:

@@ -161,8 +161,9 @@ def resolve_color(source: DataSource, table: SampleTable, cfg: DataConfig) -> st
     The sampled images (spread evenly over the table) are decoded as RGB through the source's
     :meth:`~medtl.data.sources.base.DataSource.decode_all`, so the decoded cache serves them on later
     runs. An image carries colour when its channels differ beyond a small tolerance
-    (:func:`~medtl.data.images.carries_color`), so grey images stored as RGB stay grayscale; any colour
-    image among the sampled ones makes the set ``rgb``.
+    (:func:`~medtl.data.images.carries_color`), so grey images stored as RGB stay grayscale; the set is
+    ``rgb`` when at least half of the sampled images carry colour (a few tinted scans do not make a grey
+    set colour).
     """
     if cfg.color != "auto":
         return cfg.color
@@ -176,8 +177,8 @@ def resolve_color(source: DataSource, table: SampleTable, cfg: DataConfig) -> st
     results = source.decode_all(sampled, cfg.model_copy(update={"color": "rgb"}), False)
     arrays = [r[0] for r in results if not isinstance(r, str)]  # failures are reported when all are decoded
     colored = sum(carries_color(Image.fromarray(a)) for a in arrays)
-    color = "rgb" if colored else "grayscale"
-    detail = "kept as RGB" if colored else "replicated to 3 channels"
+    color = "rgb" if arrays and 2 * colored >= len(arrays) else "grayscale"
+    detail = "kept as RGB" if color == "rgb" else "replicated to 3 channels"
     logger.info("data.color auto: %d of %d sampled images carry colour -> %s (%s)", colored, len(arrays), color,
                 detail)
     return color
