@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medtl.config import DataConfig, parse_config
-from medtl.data import decoded_cache, sources
-from medtl.data.sources import LoadedImages, load_images, load_table
+from medtl.data import decoded_cache
+from medtl.data.sources import LoadedImages, files, load_images, load_table
 from medtl.errors import ConfigError
 
 
@@ -36,13 +36,13 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths passed to ``open_image`` by ``load_images`` (one per decoded file)."""
     calls: list[str] = []
-    real = sources.open_image
+    real = files.open_image
 
     def counting(path: str | Path) -> Image.Image:
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(sources, "open_image", counting)
+    monkeypatch.setattr(files, "open_image", counting)
     return calls
 
 
@@ -64,7 +64,7 @@ def _dataset(root: Path) -> Path:
 
 
 def _cfg(root: Path, **kw: object) -> DataConfig:
-    return DataConfig.model_validate({"source": "folder", "root": root, "image_size": 16} | kw)
+    return DataConfig.model_validate({"source": "folder", "root": root, "image_size": 16, "color": "grayscale"} | kw)
 
 
 def _load(cfg: DataConfig) -> LoadedImages:
@@ -184,7 +184,7 @@ def test_content_change_at_the_same_path_misses(tmp_path: Path, decodes: list[st
 def test_file_changed_while_decoding_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _dataset(tmp_path / "data")
     target = root / "no" / "gray.png"
-    real = sources.open_image
+    real = files.open_image
 
     def racing(path: str | Path) -> Image.Image:
         img = real(path)
@@ -192,7 +192,7 @@ def test_file_changed_while_decoding_is_not_cached(tmp_path: Path, monkeypatch: 
             Image.fromarray(_noise((31, 40), 7)).save(target)  # rewritten after it was hashed
         return img
 
-    monkeypatch.setattr(sources, "open_image", racing)
+    monkeypatch.setattr(files, "open_image", racing)
     _load(_cfg(root))
     assert len(_entries(tmp_path)) == N - 1
 
@@ -323,7 +323,7 @@ def test_root_follows_the_activation_cache(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_real_brain_mri_images(brain_mri: Path, decodes: list[str]) -> None:
-    cfg = DataConfig(source="folder", root=brain_mri, image_size=64, max_per_class=2)
+    cfg = DataConfig(source="folder", root=brain_mri, image_size=64, max_per_class=2, color="grayscale")
     reference = _load(_with_cache(cfg, False))
     first = _load(cfg)
     decoded_cache.clear_memory()

@@ -135,10 +135,17 @@ class StrategyConfig(StrictModel):
         return self
 
 
+LOCATION_KEYS: dict[str, str] = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root"}
+"""The ``data`` key that holds each source's location (the folder, CSV or file it reads).
+
+Kept here rather than on the source classes: the sources import this module, so the config cannot import
+them (the one per-source fact the schema needs)."""
+
+
 class DataConfig(StrictModel):
     """Where the images are, how they are labelled, split, resized and augmented."""
 
-    source: Literal["folder", "csv", "medmnist", "dicom"]
+    source: Literal["folder", "csv", "medmnist", "dicom"]  # each a class in medtl.data.sources.base.SOURCES
     root: Path | None = None
     csv: Path | None = None
     path: Path | None = None
@@ -148,8 +155,11 @@ class DataConfig(StrictModel):
     split_column: str | None = "split"
     classes: list[str] | None = None
     positive_class: str | None = None
+    drop_unlabelled: bool = False  # leave out (and count) CSV rows with an empty label instead of refusing them
     image_size: int = Field(224, ge=8, le=2048)
-    color: Literal["grayscale", "rgb"] = "grayscale"
+    # auto: RGB when the images carry colour, else grayscale replicated to 3 channels (decided from the data
+    # in medtl.data.sources.load_images, logged, and recorded in model.json's preprocessing)
+    color: Literal["auto", "grayscale", "rgb"] = "auto"
     resize: Literal["squash", "pad", "crop"] = "squash"
     crop: Literal["none", "foreground"] = "none"
     split: SplitConfig = SplitConfig()
@@ -165,9 +175,9 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _source_has_location(self) -> DataConfig:
-        if self.source == "dicom" and self.dicom.channels == "windows" and self.color != "rgb":
+        if self.source == "dicom" and self.dicom.channels == "windows" and self.color == "grayscale":
             raise ValueError("data.dicom.channels 'windows' stacks three windows as RGB: set data.color: rgb")
-        needed = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root"}[self.source]
+        needed = LOCATION_KEYS[self.source]
         if getattr(self, needed) is None:
             raise ValueError(f"data.source '{self.source}' needs data.{needed}")
         return self
@@ -175,7 +185,7 @@ class DataConfig(StrictModel):
     @property
     def location(self) -> Path:
         """The folder, CSV or .npz file the data comes from."""
-        return {"folder": self.root, "csv": self.csv, "medmnist": self.path, "dicom": self.root}[self.source]
+        return getattr(self, LOCATION_KEYS[self.source])
 
 
 class HeadConfig(StrictModel):

@@ -56,7 +56,8 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     distance = cfg.data.split.near_duplicates
     links = near_duplicate_links(loaded.images, distance) if distance is not None else []
     groups = assign_groups(samples, loaded.hashes, links)
-    folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction)
+    folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction,
+                       class_names=loaded.table.class_names)
     return PreparedData(loaded, labels, groups, folds)
 
 
@@ -250,6 +251,7 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
     metrics["protocol"] = _protocol(cfg, data) | {"threshold": choice.threshold, "threshold_rule": choice.rule,
                                                   "temperature": choice.temperature}
     metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
+                       "color": {"setting": cfg.data.color, "used": data.loaded.color},
                        "n_images": len(data.labels), "n_bad": len(data.loaded.bad),
                        "bad": [{"file": f, "reason": r} for f, r in data.loaded.bad]}
     model = outcomes[-1].fit.model
@@ -320,7 +322,7 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
     _write_predictions(out_dir, "val", data, [(o.fold.index, o.fold.val, o.val_probs) for o in outcomes],
                        choice.threshold)
     _write_history(out_dir, outcomes)
-    pre = preprocessing_for(spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+    pre = preprocessing_for(spec, cfg.data.image_size, data.loaded.color, cfg.data.resize, cfg.data.crop)
     lineage = [*spec.lineage, {"stage": cfg.name, "weights": spec.name, "weights_sha256": spec.sha256,
                                "data": str(cfg.data.location), "strategy": cfg.transfer.strategy,
                                "splits_sha256": _sha256(out_dir / rundir.SPLITS)}]

@@ -150,6 +150,7 @@ def repredict_own(run_dir: Path, meta: artifact.ModelMeta) -> tuple[np.ndarray, 
     path = run_dir / rundir.PREDICTIONS
     table = rundir.read_predictions(path, (meta.class_names, meta.positive_index))
     data = ExperimentConfig.model_validate(meta.config).data
+    data = data.model_copy(update={"color": meta.preprocess.color})  # the colour the models were trained on
     loaded = load_images(load_table(data), data)
     where = {s.id: i for i, s in enumerate(loaded.table.samples)}
     ids, labels = table.ids, table.labels

@@ -24,7 +24,7 @@ from .conftest import PYDICOM_FILES, pydicom_file, write_csv
 
 def dicom_cfg(folder: Path, **over: object) -> DataConfig:
     base = {"source": "dicom", "root": folder, "csv": folder.parent / "labels.csv", "image_size": 32,
-            "dicom": {"label_key": "path"}, "max_bad_fraction": 0.5}
+            "color": "grayscale", "dicom": {"label_key": "path"}, "max_bad_fraction": 0.5}
     return DataConfig.model_validate(base | over)
 
 
@@ -128,7 +128,7 @@ def test_three_windows_stack_as_rgb(dicom_dir: Path) -> None:
     assert image.mode == "RGB" and policy == "windows brain/subdural/bone"
     assert not np.array_equal(arr[..., 0], arr[..., 2])  # brain and bone windows differ
     with pytest.raises(ConfigError, match="data.color: rgb"):
-        parse_config({"data": {"source": "dicom", "root": "x", "dicom": {"channels": "windows"}}})
+        parse_config({"data": {"source": "dicom", "root": "x", "color": "grayscale", "dicom": {"channels": "windows"}}})
     cfg = dicom_cfg(dicom_dir, color="rgb", dicom={"label_key": "path", "channels": "windows"})
     loaded = load_images(load_table(cfg), cfg, progress=False)
     assert loaded.images.shape[-1] == 3

@@ -33,15 +33,13 @@ from rich.progress import track
 from rich.table import Table
 
 from medtl.config import DataConfig, ExperimentConfig, expand_vars, parse_config, resolve_paths
-from medtl.data.images import array_hash, open_image, pixel_hash
-from medtl.data.sources import SampleTable, load_table
-from medtl.data.splits import assign_groups, make_folds, read_manifest
+from medtl.data.sources import SampleTable, get_source, load_table
+from medtl.data.splits import assign_groups, close_pairs, make_folds, read_manifest
 from medtl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 _LISTED = 50
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # set bits per byte
 
 
 @dataclass
@@ -156,42 +154,8 @@ def _decode_all(table: SampleTable, cfg: DataConfig, hash_size: int,
 
 
 def _iter_images(table: SampleTable, cfg: DataConfig) -> Iterator[tuple[int, Image.Image | str, str]]:
-    """``(sample index, decoded image or failure reason, exact hash)`` for every sample."""
-    if table.source == "medmnist":
-        yield from _iter_medmnist(table)
-    elif table.source == "dicom":
-        yield from _iter_dicom(table, cfg)
-    else:
-        for i, sample in enumerate(table.samples):
-            try:
-                image = open_image(sample.path)
-                yield i, image, pixel_hash(image)
-            except DataError as exc:
-                yield i, str(exc), ""
-
-
-def _iter_medmnist(table: SampleTable) -> Iterator[tuple[int, Image.Image | str, str]]:
-    with np.load(table.location, allow_pickle=False) as npz:
-        arrays = {split: np.asarray(npz[f"{split}_images"]) for split in ("train", "val", "test")}
-    for i, sample in enumerate(table.samples):
-        split, index = sample.id.rstrip("]").split("[")
-        arr = arrays[split][int(index)]
-        yield i, Image.fromarray(arr), array_hash(arr)
-
-
-def _iter_dicom(table: SampleTable, cfg: DataConfig) -> Iterator[tuple[int, Image.Image | str, str]]:
-    from medtl.data.dicom import iter_frames
-
-    by_file: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(table.samples):
-        by_file[s.path.split("::", 1)[0]].append(i)
-    for path, idx in by_file.items():
-        frames = {int(table.samples[i].meta.get("frame", 0)): i for i in idx}
-        try:
-            for frame in iter_frames(path, list(frames), cfg.dicom):
-                yield frames[frame.index], frame.image, frame.digest
-        except DataError as exc:
-            yield from ((i, str(exc), "") for i in idx)
+    """``(sample index, decoded image or failure reason, exact hash)`` for every sample, through its source."""
+    return get_source(table.source).iter_decoded(table, cfg)
 
 
 # ---------------------------------------------------------------- splits
@@ -214,7 +178,7 @@ def _assignments(table: SampleTable, cfg: DataConfig, facts: list[_Facts | None]
         bits = np.packbits(np.stack([facts[i].phash for i in ok]).astype(bool), axis=1)  # type: ignore[union-attr]
         links = close_pairs(bits, cfg.split.near_duplicates)
     groups = assign_groups(sub, hashes, links)
-    folds = make_folds(labels, groups, [None] * len(sub), cfg.split, cfg.train_fraction)
+    folds = make_folds(labels, groups, [None] * len(sub), cfg.split, cfg.train_fraction, class_names=table.class_names)
     roles = []
     for fold in folds:
         fold_roles = ["unassigned"] * len(samples)
@@ -302,19 +266,6 @@ def near_duplicate_groups(facts: list[_Facts | None], exact_groups: list[list[in
         if find(r) in linked:
             comps[find(r)] += members[facts[reps[r]].exact]  # type: ignore[union-attr]
     return [sorted(g) for g in comps.values()], len(pairs)
-
-
-def close_pairs(bits: np.ndarray, distance: int, chunk: int = 512) -> list[tuple[int, int]]:
-    """Index pairs ``a < b`` whose packed hashes differ in at most ``distance`` bits."""
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, len(bits), chunk):
-        block = bits[start:start + chunk]
-        dist = _POPCOUNT[block[:, None, :] ^ bits[None, :, :]].sum(axis=2, dtype=np.int32)
-        a, b = np.nonzero(dist <= distance)
-        a = a + start
-        keep = a < b
-        pairs += list(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
-    return pairs
 
 
 def _describe_groups(table: SampleTable, groups: list[list[int]], folds: list[list[str]]) -> dict[str, Any]:

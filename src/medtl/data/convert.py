@@ -46,6 +46,7 @@ from rich.progress import track
 
 from medtl.config import DataConfig, DicomConfig
 from medtl.data.dicom import DICOM_ERRORS, DicomFile, Labeller, csv_labeller, iter_frames, scan_headers
+from medtl.data.images import without_setting_hints
 from medtl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def _convert_file(f: DicomFile, state: _State) -> None:
     try:
         _convert_one(f, state)
     except DataError as exc:
-        state.errors.append((str(f.path), str(exc)))
+        state.errors.append((str(f.path), without_setting_hints(str(exc))))
     except DICOM_ERRORS as exc:
         state.errors.append((str(f.path), f"{f.path}: cannot convert ({type(exc).__name__}: {exc}); "
                                           "the file is malformed: fix or re-export it"))

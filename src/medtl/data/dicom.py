@@ -37,7 +37,7 @@ from rich.progress import track
 
 from medtl.config import DataConfig, DicomConfig
 from medtl.data.images import array_hash, to_array
-from medtl.data.sources import Sample, SampleTable, _read_csv, _sorted_labels
+from medtl.data.samples import Sample, SampleTable, cell, check_labels, read_csv, sorted_labels
 from medtl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -293,19 +293,23 @@ def csv_labeller(cfg: DataConfig) -> Labeller:
     assert cfg.csv is not None
     if not cfg.csv.is_file():
         raise DataError(f"data.csv {cfg.csv} does not exist; it should hold the labels of the DICOM files")
-    header, rows = _read_csv(cfg.csv)
+    header, rows = read_csv(cfg.csv)
     column = cfg.dicom.key_column or cfg.dicom.label_key
     for needed, key in ((column, "dicom.key_column"), (cfg.label_column, "label_column")):
         if needed not in header:
             raise DataError(f"{cfg.csv}: column '{needed}' (data.{key}) not found; the header is {header}")
+    dropped = check_labels([(line, cell(row, cfg.label_column)) for line, row in rows], cfg.csv, cfg.label_column,
+                           cfg.drop_unlabelled)
     labels: dict[str, str] = {}
     for line, row in rows:
+        if line in dropped:
+            continue
         key, label = (row.get(column) or "").strip(), (row.get(cfg.label_column) or "").strip()
         if key in labels and labels[key] != label:
             raise DataError(f"{cfg.csv} line {line}: '{key}' is labelled both '{labels[key]}' and '{label}'; "
                             "give every key one label")
         labels[key] = label
-    names = cfg.classes or _sorted_labels(set(labels.values()))
+    names = cfg.classes or sorted_labels(set(labels.values()))
     unknown = sorted(set(labels.values()) - set(names))
     if unknown:
         raise DataError(f"{cfg.csv}: labels {unknown} are not in data.classes {names}; add them or fix the rows")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -79,10 +80,48 @@ def open_image(path: str | Path) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(
-            f"{path}: cannot decode image ({exc}); re-export or remove the file, "
-            "or raise data.max_bad_fraction to skip undecodable files"
+            f"{path}: cannot decode image ({exc}); re-export or remove the file"
         ) from None
     return img
+
+
+COLOR_TOLERANCE = 32
+"""Channel spread (of 255) above which a pixel counts as coloured: JPEG noise and the faint colour cast of
+scanned grey films stay below, skin, stain and fundus colours lie far above."""
+
+COLOR_MIN_SHARE = 0.1
+"""Share of coloured pixels from which an image carries colour (a coloured marker or caption does not)."""
+
+
+def carries_color(img: Image.Image) -> bool:
+    """Whether ``img`` shows colour: its RGB channels differ beyond :data:`COLOR_TOLERANCE` in at least
+    :data:`COLOR_MIN_SHARE` of the pixels (a grey X-ray saved as RGB does not).
+
+    Args:
+        img: A decoded image of any mode.
+
+    Returns:
+        False for single-channel modes and for RGB images whose channels (nearly) agree.
+    """
+    if img.mode in _HIGH_DEPTH_MODES or img.mode in ("1", "L", "LA", "La"):
+        return False
+    rgb = np.asarray(_to_color(img, "rgb"), dtype=np.int16)
+    step = max(1, max(rgb.shape[:2]) // 256)  # look at about 256 x 256 pixels
+    rgb = rgb[::step, ::step]
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    return bool(np.mean(spread > COLOR_TOLERANCE) >= COLOR_MIN_SHARE)
+
+
+_SETTING_HINT = re.compile(r",? or raise data\.max_bad_fraction[^;.]*")
+
+
+def without_setting_hints(reason: str) -> str:
+    """``reason`` without the hint to raise ``data.max_bad_fraction``, for callers that have no such setting.
+
+    ``medtl predict`` and ``medtl convert`` report every failed file on its own, so a hint naming a
+    training setting would only mislead there.
+    """
+    return _SETTING_HINT.sub("", reason)
 
 
 def pixel_hash(img: Image.Image) -> str:

@@ -27,10 +27,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medtl.config import SplitConfig
-from medtl.data.sources import Sample, SampleTable
+from medtl.data.samples import Sample, SampleTable
 from medtl.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # set bits per byte
 
 ROLES: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -551,7 +553,6 @@ def near_duplicate_links(images: np.ndarray, distance: int) -> list[tuple[int, i
     import imagehash
     from PIL import Image
 
-    from medtl.data.audit import close_pairs
 
     # Near-blank images (empty slices at the ends of a CT or tomosynthesis volume) all share one
     # hash; linking them would chain unrelated patients together, so they are left out.
@@ -564,4 +565,17 @@ def near_duplicate_links(images: np.ndarray, distance: int) -> list[tuple[int, i
                                                         distance)]
     logger.info("%d near-duplicate image pairs (perceptual hash distance <= %d) kept in one group each",
                 len(pairs), distance)
+    return pairs
+
+
+def close_pairs(bits: np.ndarray, distance: int, chunk: int = 512) -> list[tuple[int, int]]:
+    """Index pairs ``a < b`` whose packed hashes differ in at most ``distance`` bits."""
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(bits), chunk):
+        block = bits[start:start + chunk]
+        dist = _POPCOUNT[block[:, None, :] ^ bits[None, :, :]].sum(axis=2, dtype=np.int32)
+        a, b = np.nonzero(dist <= distance)
+        a = a + start
+        keep = a < b
+        pairs += list(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
     return pairs

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from medtl.config import AugmentConfig, DataConfig, StrategyConfig
-from medtl.data.sources import Sample
+from medtl.data.samples import Sample
 from medtl.data.splits import Fold
 from medtl.data.transforms import ImageArrayDataset, build_augment
 from medtl.errors import DataError

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from medtl import artifact
-from medtl.data.images import open_image, to_array
-from medtl.errors import DataError, MedtlError
+from medtl.config import parse_config
+from medtl.data.images import to_array
+from medtl.data.samples import Sample
+from medtl.data.sources import get_source
+from medtl.errors import ConfigError, DataError, MedtlError
 from medtl.evaluate.cam import (
     SANITY_MAX_RHO,
     SanityCheck,
@@ -35,7 +36,6 @@ from medtl.report.load import RunData
 
 log = logging.getLogger(__name__)
 
-_MEDMNIST_REF = re.compile(r"^(train|val|test)\[(\d+)\]$")
 _KIND_TITLES = {"TP": "true positive", "FP": "false positive", "FN": "false negative", "TN": "true negative",
                 "correct": "correct", "wrong": "wrong"}
 
@@ -65,22 +65,21 @@ class Gallery:
     notes: list[str] = field(default_factory=list)
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image file, or a MedMNIST reference ``<file.npz>::split[i]``.
+def load_image(run: RunData, path: str) -> Image.Image:
+    """The full-resolution image at ``path`` (a predictions.csv path), decoded by the run's data source.
 
     Raises:
-        DataError: The file is missing or cannot be decoded.
+        DataError: The run's config cannot be read, or the image is missing or cannot be decoded.
     """
-    if "::" not in path:
-        return open_image(path)
-    file, ref = path.rsplit("::", 1)
-    match = _MEDMNIST_REF.match(ref)
-    if not file.endswith(".npz") or match is None:
-        raise DataError(f"{path}: only image files and MedMNIST references can be shown")
-    if not Path(file).is_file():
-        raise DataError(f"{file}: file not found")
-    with np.load(file) as npz:
-        return Image.fromarray(np.asarray(npz[f"{match.group(1)}_images"][int(match.group(2))]))
+    try:
+        data = parse_config(run.config).data
+    except ConfigError as exc:
+        raise DataError(f"{run.path}/config.yaml: cannot tell the data source ({exc})") from None
+    sample = Sample(id=path, path=path, label=0, patient=None, split=None)
+    try:
+        return get_source(data.source).decode(sample, data)[0]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
 
 
 def _fold_models(run: RunData) -> tuple[dict[int, torch.nn.Module], artifact.ModelMeta]:
@@ -112,7 +111,7 @@ def _load_cases(run: RunData, meta: artifact.ModelMeta, chosen: dict[str, list[i
     for kind, rows in chosen.items():
         for row in rows:
             try:
-                img = load_image(run.predictions.paths[row])
+                img = load_image(run, run.predictions.paths[row])
             except DataError as exc:
                 notes.append(f"{run.predictions.ids[row]}: not shown ({exc})")
                 continue

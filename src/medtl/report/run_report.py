@@ -172,7 +172,7 @@ def label_audit_section(run: RunData, limit: int = LABEL_THUMBNAILS, size: int =
     for row in run.label_issues[:limit]:
         item = dict(row)
         try:
-            img = load_image(row.get("path", ""))
+            img = load_image(run, row.get("path", ""))
             img.thumbnail((size, size), Image.Resampling.BICUBIC)
             item["image"] = figures.array_to_data_uri(np.asarray(img.convert("L")))
         except (DataError, OSError) as exc:

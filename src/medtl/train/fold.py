@@ -290,7 +290,7 @@ class CachedFit(FitPath):
         cut = pc.cache_cut(model.backbone, cfg.transfer)
         split = pc.split_at(model.backbone, cut)
         assert t.spec is not None
-        pre = preprocessing_for(t.spec, cfg.data.image_size, cfg.data.color, cfg.data.resize, cfg.data.crop)
+        pre = preprocessing_for(t.spec, cfg.data.image_size, data.loaded.color, cfg.data.resize, cfg.data.crop)
         key = pc.prefix_key(split, cfg.model.backbone, pre, cfg.data.augment, seed=cfg.train.seed)
         augment = build_augment(cfg.data.augment)
         cache = pc.ActivationCache(dtype=cfg.train.cache_dtype)
