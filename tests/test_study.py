@@ -44,12 +44,16 @@ class FakeRun:
 
     def __init__(self, fail_when: str | None = None) -> None:
         self.calls: list[str] = []
+        self.resumed: list[str] = []
         self.fail_when = fail_when
 
-    def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True,
+                 resume: bool = False) -> dict[str, Any]:
         out_dir = Path(out_dir)
         assert not rundir.is_complete(out_dir), "run_experiment refuses a finished run directory"
         self.calls.append(out_dir.name)
+        if resume and out_dir.exists():
+            self.resumed.append(out_dir.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
         if self.fail_when and self.fail_when in out_dir.name:
@@ -234,7 +238,7 @@ def test_resume_runs_only_unfinished_cells(tmp_path: Path, fake: FakeRun) -> Non
     (out / "cells" / "ft-0" / "stale.txt").write_text("left over")
     run_study(load_study(path), out, progress=False)
     assert fake.calls == ["ft-0"]
-    assert not (out / "cells" / "ft-0" / "stale.txt").exists(), "an unfinished cell is re-run from scratch"
+    assert fake.resumed == ["ft-0"], "an unfinished cell of the same config is continued, not restarted"
 
 
 def changed_ft_axes() -> dict[str, Any]:
@@ -394,7 +398,8 @@ def test_real_four_cell_study_on_brain_mri(brain_mri: Path, tmp_path: Path, one_
 class FittingRun(FakeRun):
     """A fake run that also trains a tiny model with Lightning's progress bar on, as real cells do."""
 
-    def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    def __call__(self, cfg: ExperimentConfig, out_dir: Path, progress: bool = True,
+                 resume: bool = False) -> dict[str, Any]:
         import torch
         from torch import nn
         from torch.utils.data import TensorDataset

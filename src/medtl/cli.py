@@ -165,6 +165,8 @@ def _plain(value: object) -> object:
 def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
           out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
           overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+          resume: Annotated[bool, typer.Option(help="Continue the unfinished run in --out (same config).")]
+          = False,
           quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
     """Train and evaluate one experiment; writes the run directory."""
     from medtl.config import load_config
@@ -173,7 +175,7 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
 
     _out_dir(out_dir, "--out")
     cfg = load_config(config, overrides or [])
-    metrics = run_experiment(cfg, out_dir, progress=not quiet)
+    metrics = run_experiment(cfg, out_dir, progress=not quiet, resume=resume)
     _out().print(metrics_table([(cfg.name, metrics)]))
     _out().print(f"run directory: {out_dir}")
 

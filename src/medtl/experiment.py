@@ -30,6 +30,7 @@ from medtl.evaluate.operating import OperatingChoice, calibrate, check_validatio
 from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train.device import resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
     FoldOutcome,
@@ -37,7 +38,6 @@ from medtl.train.fold import (
     PreparedData,
     build_model,
     member_seed,
-    resolve_device,
 )
 from medtl.transfer.freeze import count
 
@@ -61,21 +61,30 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     return PreparedData(loaded, labels, groups, folds)
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     """Run ``cfg`` and write the run directory ``out_dir``; returns the metrics dict.
 
+    Every epoch of every fold member is checkpointed in ``out_dir/checkpoints`` while the run lasts;
+    ``resume=True`` continues an unfinished run of the same config from its finished members and the
+    last epoch of the member in training (same seeds: the same metrics as an uninterrupted run).
+
     Raises:
-        MedtlError: ``out_dir`` is a file, or holds a finished or an unfinished run; bad data or config.
+        MedtlError: ``out_dir`` is a file, or holds a finished run, or an unfinished run without
+            ``resume`` (or with another config); bad data or config.
         RunInterrupted: Ctrl-C; the message (also in run.log) says what was kept and how to continue.
     """
-    out_dir = rundir.create(Path(out_dir))
+    resuming = resume and rundir.state(Path(out_dir)) == "unfinished"
+    out_dir = rundir.create(Path(out_dir), resume=resume, config=dump_config(cfg))
     with _run_log(out_dir / rundir.LOG):
+        if resuming:
+            log.info("resuming the unfinished run in %s", out_dir)
         try:
             metrics = _run(cfg, out_dir, progress)
         except KeyboardInterrupt:
             message = _interrupted(out_dir)
             log.error("%s", message)
             raise RunInterrupted(message) from None
+    rundir.Checkpoints(out_dir).clear()
     rundir.mark_complete(out_dir)
     return metrics
 
@@ -118,7 +127,8 @@ def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
     if cfg.train.ensemble > 1 and cfg.transfer.classifier != "head":
         log.warning("train.ensemble %d with transfer.classifier '%s': the classifier is fitted deterministically, "
                     "so the members are the same model", cfg.train.ensemble, cfg.transfer.classifier)
-    trainer = FoldTrainer(cfg, data, out_dir, progress, resolve_device(cfg.train.device))
+    trainer = FoldTrainer(cfg, data, out_dir, progress, resolve_device(cfg.train.device),
+                          store=rundir.Checkpoints(out_dir))
     outcomes: list[FoldOutcome] = []
     for fold in data.folds:
         log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),
@@ -188,8 +198,9 @@ def _interrupted(out_dir: Path) -> str:
     kept = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and p.name != rundir.LOG)
     models = [k for k in kept if k.startswith(rundir.MODEL_DIR + "/")]
     return (f"interrupted (Ctrl-C): {out_dir} is an unfinished run (no {rundir.COMPLETE}); it keeps "
-            f"{len(kept)} file(s) ({len(models)} model file(s) of finished folds) and run.log. Delete it and run "
-            "medtl train again to start clean, or train into another --out")
+            f"{len(kept)} file(s): {len(models)} model file(s) of finished fold members and the last epoch "
+            "checkpoint of the member in training. Run the same medtl train command with --resume to continue "
+            "where it stopped, or delete the folder to start clean")
 
 
 def run_bridge_stages(cfg: ExperimentConfig, stage_root: Path,
@@ -207,13 +218,14 @@ def run_bridge_stages(cfg: ExperimentConfig, stage_root: Path,
         run_dir = stage_root / f"{i + 1}-{stage.name}"
         log.info("stage %d/%d '%s': %s from %s", i + 1, len(cfg.stages), stage.name, stage_cfg.transfer.strategy,
                  weights)
-        if rundir.is_complete(run_dir) and (run_dir / rundir.CONFIG).read_text() == dump_config(stage_cfg):
+        same = (run_dir / rundir.CONFIG).is_file() and (run_dir / rundir.CONFIG).read_text() == dump_config(stage_cfg)
+        if rundir.is_complete(run_dir) and same:
             log.info("stage '%s' already finished in %s; reusing it", stage.name, run_dir)
             stage_metrics = rundir.read_metrics(run_dir)
         else:
-            if run_dir.exists():
+            if run_dir.exists() and not same:
                 shutil.rmtree(run_dir)
-            stage_metrics = run_experiment(stage_cfg, run_dir, progress)
+            stage_metrics = run_experiment(stage_cfg, run_dir, progress, resume=True)
         weights = f"file:{run_dir / rundir.MODEL_DIR / 'fold0.safetensors'}"
         summary.append({"stage": stage.name, "run_dir": str(run_dir), "started_from": stage_cfg.model.weights,
                         "strategy": stage_cfg.transfer.strategy, "data": str(stage.data.location),

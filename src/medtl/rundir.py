@@ -10,6 +10,9 @@ A run directory holds::
     metrics.json           metrics with confidence intervals, protocol, data and model facts
     label_issues.csv       suspected label errors (an audit; the metrics keep the labels)
     model/                 fold*.safetensors + model.json (see :mod:`medtl.artifact`)
+    checkpoints/           while the run lasts: the last epoch checkpoint of the member in training and
+                           the record of each finished member (``medtl train --resume`` continues from
+                           them); removed when the run completes
     report.html            the HTML report
     run.log                the log of the run
     complete.json          written last: the run finished; lists the files it wrote
@@ -24,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +52,7 @@ LOG = "run.log"
 MODEL_DIR = "model"
 MODEL_META = f"{MODEL_DIR}/model.json"
 STAGES = "stages"
+CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
 
 State = Literal["absent", "empty", "unfinished", "complete", "not_a_folder"]
@@ -110,12 +115,19 @@ def state(run_dir: Path) -> State:
     return "unfinished" if any(run_dir.iterdir()) else "empty"
 
 
-def create(run_dir: Path, option: str = "--out") -> Path:
-    """Make ``run_dir`` for a new run; refuse a file, a finished run and an unfinished one.
+def create(run_dir: Path, option: str = "--out", resume: bool = False, config: str | None = None) -> Path:
+    """Make ``run_dir`` for a new run, or reopen an unfinished one to resume it.
+
+    Args:
+        run_dir: The run directory.
+        option: How the user named it (for messages).
+        resume: Continue an unfinished run in ``run_dir`` (an absent or empty one simply starts).
+        config: The resolved config text; a resumed run must have been started with exactly this config.
 
     Raises:
-        MedtlError: ``run_dir`` is a file, holds a finished run, or holds files of an unfinished one
-            (the message says how to start clean).
+        MedtlError: ``run_dir`` is a file or holds a finished run; it holds an unfinished run and
+            ``resume`` is off (the message says how to resume or start clean); or the unfinished run was
+            started with another config.
     """
     run_dir = Path(run_dir)
     now = state(run_dir)
@@ -123,9 +135,16 @@ def create(run_dir: Path, option: str = "--out") -> Path:
         raise MedtlError(f"{option} {run_dir} is a file, not a folder; choose a folder for the run directory")
     if now == "complete":
         raise MedtlError(f"{run_dir} already holds a finished run; choose another {option}")
-    if now == "unfinished":
+    if now == "unfinished" and not resume:
         raise MedtlError(f"{run_dir} holds an unfinished run (no {COMPLETE}: it was interrupted or failed); "
-                         f"delete the folder to start clean, or choose another {option}")
+                         f"add --resume to continue it, or delete the folder to start clean, or choose another "
+                         f"{option}")
+    if now == "unfinished" and config is not None:
+        stored = run_dir / CONFIG
+        if not stored.is_file() or stored.read_text(encoding="utf-8") != config:
+            raise MedtlError(f"{run_dir}: cannot resume: the unfinished run was started with another config "
+                             f"(compare {stored} with your YAML and --set values); resume with the same config, "
+                             "or delete the folder to start clean")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -308,3 +327,47 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], ensemble: bool) -> 
     """Write ``history.csv``: per-epoch rows (``fold`` first; a ``member`` column for ensembles)."""
     keys = [*HISTORY_COLUMNS, "member"] if ensemble else HISTORY_COLUMNS
     return write_csv(Path(run_dir) / HISTORY, keys, [[row.get(k, "") for k in keys] for row in rows])
+
+
+# ---------------------------------------------------------------- resuming
+
+
+class Checkpoints:
+    """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / CHECKPOINTS
+
+    def _stem(self, fold: int, member: int) -> str:
+        return f"fold{fold}-m{member}"
+
+    def epoch_checkpoint(self, fold: int, member: int) -> Path:
+        """The checkpoint a member in training writes after each epoch."""
+        return self.root / f"{self._stem(fold, member)}.ckpt"
+
+    def finished(self, fold: int, member: int) -> dict[str, Any] | None:
+        """The record of a finished member with its model path and predictions; None when it did not finish."""
+        meta, arrays = self.root / f"{self._stem(fold, member)}.json", self.root / f"{self._stem(fold, member)}.npz"
+        if not meta.is_file() or not arrays.is_file():
+            return None
+        record = json.loads(meta.read_text(encoding="utf-8"))
+        model_path = self.run_dir / MODEL_DIR / record["file"]
+        if not model_path.is_file():
+            return None
+        with np.load(arrays) as saved:
+            return record | {"model_path": model_path, "test": saved["test"], "val": saved["val"]}
+
+    def record(self, fold: int, member: int, file: str, result: Any, test: np.ndarray, val: np.ndarray) -> None:
+        """Keep a finished member (predictions first, then the record, which marks it finished)."""
+        stem = self._stem(fold, member)
+        with atomic_path(self.root / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, test=test, val=val)
+        record = {"file": file, "history": result.history, "best_epoch": result.best_epoch,
+                  "best_score": result.best_score, "stopped_early": result.stopped_early}
+        write_text(self.root / f"{stem}.json", json.dumps(record))
+        self.epoch_checkpoint(fold, member).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove the folder (the run is complete)."""
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -568,13 +568,18 @@ def _elapsed(seconds: float) -> str:
 
 
 def _run_cell(cell: Cell, cell_dir: Path, progress: bool) -> None:
-    """Run one cell from scratch; a failure is recorded on the cell, not raised."""
-    if cell_dir.exists():
-        log.info("cell %s: removing its unfinished or outdated run directory", cell.name)
+    """Run one cell, continuing its unfinished run when it has the same config; a failure is recorded on
+    the cell, not raised."""
+    stored = cell_dir / rundir.CONFIG
+    same = stored.is_file() and stored.read_text() == dump_config(cell.config)
+    if cell_dir.exists() and not same:
+        log.info("cell %s: removing its outdated run directory", cell.name)
         shutil.rmtree(cell_dir)
+    elif cell_dir.exists():
+        log.info("cell %s: continuing its unfinished run", cell.name)
     started = time.perf_counter()
     try:
-        metrics = run_experiment(cell.config, cell_dir, progress=progress)
+        metrics = run_experiment(cell.config, cell_dir, progress=progress, resume=True)
     except RunInterrupted:
         raise  # Ctrl-C stops the study; the cell stays unfinished and is re-run next time
     except Exception as exc:  # one failed cell must not stop the study: record it (and its traceback) and go on

@@ -3,6 +3,7 @@ best-weights restore, and the NaN guard."""
 
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -463,3 +464,42 @@ def test_ctrl_c_during_training_reaches_the_caller(monkeypatch: pytest.MonkeyPat
     with pytest.raises(KeyboardInterrupt):
         engine.fit(module, TensorDataset(x, y), None, TrainConfig(epochs=1, batch_size=8), 0, progress=False)
     assert signal.getsignal(signal.SIGINT) == before
+
+
+class _StopAfter(L.Callback):
+    """Simulates a kill at the end of epoch ``epoch`` (after the epoch checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_a_fit_resumed_from_its_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path, mixup: float) -> None:
+    """Weights, optimizer, schedule, early stopping, history, RNG and data order all continue exactly."""
+    from medtl.train import engine
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 6, generator=g), torch.randint(0, 2, (48,), generator=g)
+    train, val = TensorDataset(x[:32], y[:32]), TensorDataset(x[32:], y[32:])
+    cfg = TrainConfig(epochs=5, batch_size=8, lr=0.05, warmup_epochs=1, mixup=mixup,
+                      early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=10))
+
+    def run(checkpoint, callbacks=None):
+        L.seed_everything(1, verbose=False)  # as every fold member does
+        net = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.ReLU(), nn.Linear(8, 2))
+        module = engine.ClassifierModule(net, cfg, 1)
+        return engine.fit(module, train, val, cfg, 0, progress=False, callbacks=callbacks, checkpoint=checkpoint)
+
+    whole = run(tmp_path / "a.ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.ckpt", [_StopAfter(3)])
+    resumed = run(tmp_path / "b.ckpt")
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
+    assert resumed.history == whole.history
+    assert resumed.best_epoch == whole.best_epoch
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -9,15 +9,19 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import random
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import sklearn
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from sklearn.metrics import accuracy_score, roc_auc_score
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
@@ -71,6 +75,12 @@ class ClassifierModule(L.LightningModule):
         # The weights validation and best-weights selection use (an EMA copy when ``train.ema_decay``);
         # a plain attribute, not a submodule, so it stays out of the optimizer and the state dict.
         object.__setattr__(self, "eval_model", None)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["medtl_history"] = [dict(row) for row in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = [dict(row) for row in checkpoint.get("medtl_history", [])]
 
     def evaluated(self) -> nn.Module:
         """The network that validation scores and early stopping keeps: the EMA copy, else the model."""
@@ -321,6 +331,44 @@ class WeightEma(L.Callback):
         self.ema.update(pl_module.model, step=trainer.global_step)
 
 
+class EpochCheckpoint(Checkpoint):
+    """After every epoch, an atomic, resumable checkpoint: weights, optimizer, scheduler, loop position,
+    early-stopping state, history, every RNG state and the data order.
+
+    A Lightning ``Checkpoint`` callback, so it runs after the module's own epoch-end hook (the history row
+    of the epoch is in it). Loading it later restores the RNG states and the shuffling generator at the
+    epoch boundary, so a resumed fit continues exactly as the uninterrupted one would have.
+    """
+
+    def __init__(self, path: Path, generator: torch.Generator) -> None:
+        self.path = Path(path)
+        self.generator = generator
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        return {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+                "python": [py_state[0], list(py_state[1]), py_state[2]],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        self.generator.set_state(state_dict["generator"])
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
 class BestWeights(L.Callback):
     """Keep the best weights by a validation metric (and the last good ones); stop on patience.
 
@@ -371,6 +419,15 @@ class BestWeights(L.Callback):
             self.stopped = trainer.should_stop = True
             log.info("early stopping at epoch %d: %s has not improved for %d epochs (best %.4f at %d)",
                      trainer.current_epoch, self.monitor, self.wait, self.best_score, self.best_epoch)
+
+    def state_dict(self) -> dict:
+        """What a resumed fit needs (weights-only types: tensors, numbers, None)."""
+        return {k: getattr(self, k) for k in ("best_se", "best_score", "best_loss", "best_epoch", "best_state",
+                                              "last_good", "wait", "stopped")}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key, value in state_dict.items():
+            setattr(self, key, value)
 
     def _improved(self, score: float) -> bool:
         if self.best_score is None:
@@ -439,7 +496,7 @@ def min_epochs(cfg: TrainConfig) -> int:
 
 
 def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loader: DataLoader,
-                       val_loader: DataLoader | None) -> None:
+                       val_loader: DataLoader | None, ckpt_path: Path | None = None) -> None:
     """``trainer.fit`` that lets Ctrl-C reach the caller as KeyboardInterrupt.
 
     Lightning answers Ctrl-C by ignoring SIGINT from then on and calling ``sys.exit(1)``; medtl's run
@@ -448,7 +505,7 @@ def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loade
     in_main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if in_main else None
     try:
-        trainer.fit(module, train_loader, val_loader)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         if trainer.interrupted:
             raise KeyboardInterrupt from None
@@ -459,33 +516,41 @@ def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loade
 
 
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
-        seed: int, progress: bool = True, callbacks: list[L.Callback] | None = None) -> FitResult:
+        seed: int, progress: bool = True, callbacks: list[L.Callback] | None = None,
+        checkpoint: Path | None = None) -> FitResult:
     """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
 
     Without a validation set (or without early stopping) the weights of the last epoch are kept,
     unless a validation set is given, in which case the best epoch by ``val_auc`` is restored.
+    ``checkpoint``: write a resumable checkpoint there after every epoch, and continue from it when it
+    exists (loaded with ``weights_only=True``); ignored with ``train.ema_decay``, whose average is not
+    checkpointed (such a fit restarts from its first epoch).
     """
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
     keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0,
                          es.tie_tolerance if es else 0.0, min_epochs(cfg),  # None: one standard error
                          es.ties if es else "lower_loss")
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        enable_progress_bar=progress, deterministic=True,
-        callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper],
-        gradient_clip_val=cfg.grad_clip,
-        precision=lightning_precision(cfg))
     train_loader = loader(train, cfg, shuffle=True, seed=seed)
     val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None
+    saver = [EpochCheckpoint(checkpoint, train_loader.generator)] if checkpoint and not cfg.ema_decay else []
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
+        enable_checkpointing=bool(saver), enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=progress, deterministic=True,
+        callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper, *saver],
+        gradient_clip_val=cfg.grad_clip,
+        precision=lightning_precision(cfg))
+    resume_from = checkpoint if saver and checkpoint.is_file() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
     # Lightning keeps each module's train/eval mode as it finds it; a backbone used for a linear
     # probe or a feature bank is in eval mode, so set the modes the transfer policy asks for.
     module.model.train()
     if cfg.compile:
         module.model.compile()  # in place: parameter names (and saved state dicts) stay the same
     try:
-        _fit_interruptible(trainer, module, train_loader, val_loader)
+        _fit_interruptible(trainer, module, train_loader, val_loader, resume_from)
     except TrainingError as exc:
         exc.last_good = keeper.last_good  # type: ignore[attr-defined]
         raise

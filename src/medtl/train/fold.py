@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import lightning as L
 import numpy as np
@@ -86,6 +86,22 @@ class FoldOutcome:
     """Each member's test probabilities (their mean is ``probs``)."""
 
 
+class MemberStore(Protocol):
+    """Where a run keeps what lets it resume: epoch checkpoints and the record of finished members
+    (implemented by :class:`medtl.rundir.Checkpoints`)."""
+
+    def epoch_checkpoint(self, fold: int, member: int) -> Path:
+        """The resumable checkpoint of a member in training."""
+
+    def finished(self, fold: int, member: int) -> dict[str, Any] | None:
+        """A finished member's record (``model_path``, ``file``, ``history``, ``best_epoch``, ``best_score``,
+        ``stopped_early``, ``test``, ``val``), or None."""
+
+    def record(self, fold: int, member: int, file: str, result: FitResult, test: np.ndarray,
+               val: np.ndarray) -> None:
+        """Keep a finished member (its weights are already saved as ``file``)."""
+
+
 def member_seed(cfg: ExperimentConfig, fold: Fold, member: int) -> int:
     """The training seed of ``member`` of ``fold``."""
     return cfg.train.seed + fold.index + ENSEMBLE_SEED_STRIDE * member
@@ -112,6 +128,10 @@ class FoldTrainer:
     device: str = "cpu"
     bank: list[torch.Tensor] | None = None
     spec: WeightsSpec | None = None
+    store: MemberStore | None = None
+    """Resumable runs: finished members are read back, members in training continue from their last epoch."""
+    checkpoint: Path | None = None
+    """The epoch checkpoint of the member being trained (None: not checkpointed)."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -123,8 +143,15 @@ class FoldTrainer:
         started = time.perf_counter()
         fits, test_probs, val_probs, files = [], [], [], []
         for member in range(self.cfg.train.ensemble):
-            result, probs, val = self.train_member(fold, member)
-            files.append(save(fold.index, result.model, member))
+            done = self.store.finished(fold.index, member) if self.store else None
+            if done is not None:
+                result, probs, val = self.restore_member(fold, member, done)
+                files.append(done["file"])
+            else:
+                result, probs, val = self.train_member(fold, member)
+                files.append(save(fold.index, result.model, member))
+                if self.store:
+                    self.store.record(fold.index, member, files[-1], result, probs, val)
             fits.append(result)
             test_probs.append(probs)
             val_probs.append(val)
@@ -141,12 +168,25 @@ class FoldTrainer:
         path = choose_fit(self.cfg, model)
         if path.uses_bank and self.bank is None:
             self.bank = self.feature_bank(model)
+        resumable = self.store is not None and self.cfg.transfer.strategy != "gradual"  # unfreezing is not saved
+        self.checkpoint = self.store.epoch_checkpoint(fold.index, member) if resumable else None
         try:
             result, probs = path.fit(self, model, fold, seed)
         except TrainingError as exc:
             raise TrainingError(f"{exc} (fold {fold.index}); {self.keep_last_good(exc, fold)}") from None
         bank = self.bank if path.uses_bank else None
         return result, probs, self.probs_on(result.model, fold.val, bank)
+
+    def restore_member(self, fold: Fold, member: int, done: dict[str, Any]) -> tuple[FitResult, np.ndarray, np.ndarray]:
+        """A member finished before an interruption: its weights, history and predictions, not retrained."""
+        from safetensors.torch import load_file
+
+        model, self.spec = build_model(self.cfg, len(self.data.class_names))
+        model.load_state_dict(load_file(str(done["model_path"])), strict=True)
+        log.info("fold %d member %d: finished before the interruption; kept (%s)", fold.index, member, done["file"])
+        result = FitResult(model=model.eval(), history=done["history"], best_epoch=done["best_epoch"],
+                           best_score=done["best_score"], stopped_early=done["stopped_early"])
+        return result, done["test"], done["val"]
 
     def feature_bank(self, model: TransferNet) -> list[torch.Tensor]:
         """Frozen backbone features of every image, one tensor per test-time view (the plain image first)."""
@@ -249,7 +289,7 @@ class BankFit(FitPath):
         module = ClassifierModule(model.head, t.cfg.train, t.data.positive_index, t.class_weights(fold))
         train = TensorDataset(feats[fold.train], labels[fold.train])
         val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
-        result = fit(module, train, val, t.cfg.train, seed, t.progress)
+        result = fit(module, train, val, t.cfg.train, seed, t.progress, checkpoint=t.checkpoint)
         probs = head_probs(result.model, [view[fold.test] for view in t.bank])
         model.head = result.model
         result.model = model
@@ -274,7 +314,7 @@ class FullFit(FitPath):
         train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
         val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
         callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
-        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
+        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks, checkpoint=t.checkpoint)
         probs = predict_probs(result.model, t.normalizer(), images, fold.test, cfg.train.batch_size * 2,
                               cfg.evaluate.tta, t.device, t.progress, cfg.train.fast_inference)
         return result, probs
@@ -313,7 +353,7 @@ class CachedFit(FitPath):
         val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
         callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
         log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
-        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
+        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks, checkpoint=t.checkpoint)
         probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
         result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
         return result, probs
