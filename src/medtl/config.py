@@ -103,6 +103,55 @@ class DicomConfig(StrictModel):
         return self
 
 
+class NiftiIntensity(StrictModel):
+    """How a NIfTI volume's values (after scl_slope/scl_inter) become 8-bit (``data.nifti.intensity``).
+
+    ``percentile``: the volume's ``low``..``high`` percentiles map to 0..255 (per volume, e.g. MR);
+    ``window``: a fixed ``center``/``width`` (e.g. CT in HU); ``minmax``: the volume's range.
+    """
+
+    method: Literal["percentile", "window", "minmax"] = "percentile"
+    low: float = Field(0.5, ge=0.0, le=100.0)
+    high: float = Field(99.5, ge=0.0, le=100.0)
+    center: float | None = None
+    width: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _method_is_complete(self) -> NiftiIntensity:
+        window = self.center is not None and self.width is not None
+        if self.method == "window" and not window:
+            raise ValueError("data.nifti.intensity.method 'window' needs center and width (e.g. 40 and 80 for CT)")
+        if self.method != "window" and (self.center is not None or self.width is not None):
+            raise ValueError("data.nifti.intensity.center/width are used only with method: window; set it")
+        if self.low >= self.high:
+            raise ValueError(f"data.nifti.intensity.low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class NiftiConfig(StrictModel):
+    """How NIfTI volumes become 2-D slices (``data.source: nifti``).
+
+    Slices are cut along ``axis`` (0, 1 or 2 of the voxel array); ``slices`` keeps ``all``, the
+    ``middle`` one, ``every_k`` (every ``k``-th, from 0) or those where a ``mask`` volume is non-zero
+    (the file named by ``mask_suffix`` next to each volume, e.g. ``_mask`` for ``a_mask.nii.gz``, or
+    by a ``mask_column`` cell of ``data.csv``). 4-D volumes use volume ``volume_index``.
+    """
+
+    axis: int = Field(2, ge=0, le=2)
+    slices: Literal["all", "middle", "every_k", "mask"] = "all"
+    k: int | None = Field(None, ge=1)
+    mask_suffix: str | None = None
+    mask_column: str = "mask"
+    volume_index: int = Field(0, ge=0)
+    intensity: NiftiIntensity = NiftiIntensity()
+
+    @model_validator(mode="after")
+    def _slices_are_complete(self) -> NiftiConfig:
+        if (self.slices == "every_k") != (self.k is not None):
+            raise ValueError("data.nifti.k is needed with, and only with, data.nifti.slices: every_k")
+        return self
+
+
 class StrategyConfig(StrictModel):
     """Data strategies (as in the breast tomosynthesis study), applied to the sample table in this order.
 
@@ -138,7 +187,7 @@ class StrategyConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where the images are, how they are labelled, split, resized and augmented."""
 
-    source: Literal["folder", "csv", "medmnist", "dicom"]
+    source: Literal["folder", "csv", "medmnist", "dicom", "nifti"]
     root: Path | None = None
     csv: Path | None = None
     path: Path | None = None
@@ -158,6 +207,7 @@ class DataConfig(StrictModel):
     max_per_class: int | None = Field(None, ge=1)
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     dicom: DicomConfig = DicomConfig()
+    nifti: NiftiConfig = NiftiConfig()
     strategy: StrategyConfig = StrategyConfig()
     # Decoded images are kept (memory + `$MEDTL_CACHE/decoded`) and reused by later runs and study cells;
     # false decodes every file (medtl.data.decoded_cache; folder and csv sources).
@@ -167,7 +217,10 @@ class DataConfig(StrictModel):
     def _source_has_location(self) -> DataConfig:
         if self.source == "dicom" and self.dicom.channels == "windows" and self.color != "rgb":
             raise ValueError("data.dicom.channels 'windows' stacks three windows as RGB: set data.color: rgb")
-        needed = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root"}[self.source]
+        if self.source == "nifti" and self.root is None and self.csv is None:
+            raise ValueError("data.source 'nifti' needs data.root (class folders of volumes) or data.csv")
+        nifti = "csv" if self.csv is not None else "root"
+        needed = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root", "nifti": nifti}[self.source]
         if getattr(self, needed) is None:
             raise ValueError(f"data.source '{self.source}' needs data.{needed}")
         return self
@@ -175,7 +228,10 @@ class DataConfig(StrictModel):
     @property
     def location(self) -> Path:
         """The folder, CSV or .npz file the data comes from."""
-        return {"folder": self.root, "csv": self.csv, "medmnist": self.path, "dicom": self.root}[self.source]
+        nifti = self.csv if self.csv is not None else self.root
+        return {"folder": self.root, "csv": self.csv, "medmnist": self.path, "dicom": self.root, "nifti": nifti}[
+            self.source
+        ]
 
 
 class HeadConfig(StrictModel):

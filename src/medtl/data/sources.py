@@ -138,6 +138,11 @@ def load_table(cfg: DataConfig) -> SampleTable:
         from medtl.data.dicom import dicom_samples  # pydicom is imported only for DICOM sources
 
         samples, class_names, bad = dicom_samples(cfg)
+    elif cfg.source == "nifti":
+        from medtl.data.nifti import NiftiSource  # nibabel is imported only for NIfTI sources
+
+        listing = NiftiSource().list_samples(cfg)
+        samples, class_names, bad = listing.samples, listing.class_names, listing.bad
     else:
         samples, class_names = loaders[cfg.source](cfg)
     from medtl.data.strategy import apply_strategy
@@ -545,6 +550,10 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
         from medtl.data.dicom import decode_samples
 
         return _assemble(table, decode_samples(table, cfg, progress), cfg)
+    if table.source == "nifti":
+        from medtl.data.nifti import NiftiSource
+
+        return _assemble(table, NiftiSource().decode_all(table, cfg, progress), cfg)
     if table.source == "medmnist":
         work = partial(_prepare, decode=_array_decoder(table), cfg=cfg)
         return _assemble(table, _map_with_progress(work, table.samples, progress), cfg)
