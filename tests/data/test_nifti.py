@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from medtl.cli import app
 from medtl.config import DataConfig, SplitConfig, parse_config
+from medtl.data.audit import audit
 from medtl.data.nifti import NiftiSource
 from medtl.data.sources import load_images, load_table
 from medtl.data.splits import assign_groups, make_folds, near_duplicate_links, read_manifest
@@ -289,11 +291,21 @@ def test_train_audit_and_report_on_a_nifti_folder(tmp_path: Path, one_torch_thre
     resolved = (tmp_path / "run" / "config.yaml").read_text()
     assert "method: minmax" in resolved and "axis: 2" in resolved  # the intensity policy is recorded
     result = runner.invoke(app, ["audit", str(tmp_path / "run"), "--json", str(tmp_path / "audit.json"), "--quiet"])
-    assert result.exit_code in (0, 1), result.output
-    assert (tmp_path / "audit.json").is_file()
+    assert result.exit_code == 0, result.output  # 1 would mean leakage
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["patients"]["has_patients"] and not report["patients"]["crossing"] and not report["leakage"]
     result = runner.invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "report.html")])
     assert result.exit_code == 0, result.output
     assert "nifti" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="medtl.data.audit decodes by source name and knows no NIfTI yet; it decodes "
+                   "through the source registry once that lands (issue 17 item 3): then remove this mark")
+def test_audit_decodes_every_nifti_slice(tmp_path: Path) -> None:
+    synthetic_dir(tmp_path / "vols", per_class=2, shape=(8, 8, 3))
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": {"source": "nifti", "root": "vols"}}))
+    report = audit(tmp_path / "data.yaml", progress=False)
+    assert report.n_samples == 12 and report.sections["unreadable"] == []
 
 
 def test_gzip_trailer_mismatch_falls_back_to_reading_the_stream(tmp_path: Path) -> None:

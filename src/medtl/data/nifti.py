@@ -301,10 +301,9 @@ def spatial_shape(img: Any, path: Path, cfg: NiftiConfig) -> tuple[int, int, int
                         "3-D (or 4-D) volume: use the folder or csv source for 2-D images")
     if len(shape) > 4:
         raise DataError(f"{path}: a {len(shape)}-D image of shape {shape}; only 3-D and 4-D volumes are supported")
-    if len(shape) == 4:
-        if cfg.volume_index >= shape[3]:
-            raise DataError(f"{path}: 4-D file with {shape[3]} volumes, but data.nifti.volume_index is "
-                            f"{cfg.volume_index}; choose 0..{shape[3] - 1}")
+    if len(shape) == 4 and cfg.volume_index >= shape[3]:
+        raise DataError(f"{path}: 4-D file with {shape[3]} volumes, but data.nifti.volume_index is "
+                        f"{cfg.volume_index}; choose 0..{shape[3] - 1}")
     return shape[0], shape[1], shape[2]
 
 
@@ -322,7 +321,11 @@ def check_complete(path: Path, img: Any) -> None:
 
 
 def _gzip_size(path: Path, expected: int) -> int:
-    """Decompressed size; the gzip trailer is trusted when it matches, else the stream is read to the end."""
+    """Decompressed size; the gzip trailer is trusted when it matches, else the stream is read to the end.
+
+    Raises:
+        DataError: The stream ends early or is corrupt.
+    """
     with path.open("rb") as handle:
         handle.seek(-4, os.SEEK_END)
         if int.from_bytes(handle.read(4), "little") == expected % 2**32:
@@ -332,8 +335,9 @@ def _gzip_size(path: Path, expected: int) -> int:
         with gzip.open(path, "rb") as stream:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        return size
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path}: truncated or corrupt gzip stream after {size} bytes ({type(exc).__name__}: "
+                        f"{exc}); copy or download the file again") from None
     return size
 
 
