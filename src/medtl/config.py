@@ -103,6 +103,55 @@ class DicomConfig(StrictModel):
         return self
 
 
+class NiftiIntensity(StrictModel):
+    """How a NIfTI volume's values (after scl_slope/scl_inter) become 8-bit (``data.nifti.intensity``).
+
+    ``percentile``: the volume's ``low``..``high`` percentiles map to 0..255 (per volume, e.g. MR);
+    ``window``: a fixed ``center``/``width`` (e.g. CT in HU); ``minmax``: the volume's range.
+    """
+
+    method: Literal["percentile", "window", "minmax"] = "percentile"
+    low: float = Field(0.5, ge=0.0, le=100.0)
+    high: float = Field(99.5, ge=0.0, le=100.0)
+    center: float | None = None
+    width: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _method_is_complete(self) -> NiftiIntensity:
+        window = self.center is not None and self.width is not None
+        if self.method == "window" and not window:
+            raise ValueError("data.nifti.intensity.method 'window' needs center and width (e.g. 40 and 80 for CT)")
+        if self.method != "window" and (self.center is not None or self.width is not None):
+            raise ValueError("data.nifti.intensity.center/width are used only with method: window; set it")
+        if self.low >= self.high:
+            raise ValueError(f"data.nifti.intensity.low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class NiftiConfig(StrictModel):
+    """How NIfTI volumes become 2-D slices (``data.source: nifti``).
+
+    Slices are cut along ``axis`` (0, 1 or 2 of the voxel array); ``slices`` keeps ``all``, the
+    ``middle`` one, ``every_k`` (every ``k``-th, from 0) or those where a ``mask`` volume is non-zero
+    (the file named by ``mask_suffix`` next to each volume, e.g. ``_mask`` for ``a_mask.nii.gz``, or
+    by a ``mask_column`` cell of ``data.csv``). 4-D volumes use volume ``volume_index``.
+    """
+
+    axis: int = Field(2, ge=0, le=2)
+    slices: Literal["all", "middle", "every_k", "mask"] = "all"
+    k: int | None = Field(None, ge=1)
+    mask_suffix: str | None = None
+    mask_column: str = "mask"
+    volume_index: int = Field(0, ge=0)
+    intensity: NiftiIntensity = NiftiIntensity()
+
+    @model_validator(mode="after")
+    def _slices_are_complete(self) -> NiftiConfig:
+        if (self.slices == "every_k") != (self.k is not None):
+            raise ValueError("data.nifti.k is needed with, and only with, data.nifti.slices: every_k")
+        return self
+
+
 class StrategyConfig(StrictModel):
     """Data strategies (as in the breast tomosynthesis study), applied to the sample table in this order.
 
@@ -135,7 +184,7 @@ class StrategyConfig(StrictModel):
         return self
 
 
-LOCATION_KEYS: dict[str, str] = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root"}
+LOCATION_KEYS: dict[str, str] = {"folder": "root", "csv": "csv", "medmnist": "path", "dicom": "root", "nifti": "root"}
 """The ``data`` key that holds each source's location (the folder, CSV or file it reads).
 
 Kept here rather than on the source classes: the sources import this module, so the config cannot import
@@ -145,7 +194,7 @@ them (the one per-source fact the schema needs)."""
 class DataConfig(StrictModel):
     """Where the images are, how they are labelled, split, resized and augmented."""
 
-    source: Literal["folder", "csv", "medmnist", "dicom"]  # each a class in medtl.data.sources.base.SOURCES
+    source: Literal["folder", "csv", "medmnist", "dicom", "nifti"]  # each a class in medtl.data.sources.base.SOURCES
     root: Path | None = None
     csv: Path | None = None
     path: Path | None = None
@@ -168,6 +217,7 @@ class DataConfig(StrictModel):
     max_per_class: int | None = Field(None, ge=1)
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     dicom: DicomConfig = DicomConfig()
+    nifti: NiftiConfig = NiftiConfig()
     strategy: StrategyConfig = StrategyConfig()
     # Decoded images are kept (memory + `$MEDTL_CACHE/decoded`) and reused by later runs and study cells;
     # false decodes every file (medtl.data.decoded_cache; folder and csv sources).
@@ -177,7 +227,9 @@ class DataConfig(StrictModel):
     def _source_has_location(self) -> DataConfig:
         if self.source == "dicom" and self.dicom.channels == "windows" and self.color == "grayscale":
             raise ValueError("data.dicom.channels 'windows' stacks three windows as RGB: set data.color: rgb")
-        needed = LOCATION_KEYS[self.source]
+        if self.source == "nifti" and self.root is None and self.csv is None:
+            raise ValueError("data.source 'nifti' needs data.root (class folders of volumes) or data.csv")
+        needed = self._location_key()
         if getattr(self, needed) is None:
             raise ValueError(f"data.source '{self.source}' needs data.{needed}")
         return self
@@ -185,7 +237,11 @@ class DataConfig(StrictModel):
     @property
     def location(self) -> Path:
         """The folder, CSV or .npz file the data comes from."""
-        return getattr(self, LOCATION_KEYS[self.source])
+        return getattr(self, self._location_key())
+
+    def _location_key(self) -> str:
+        """The key holding this source's location (NIfTI volumes come from class folders or a CSV)."""
+        return "csv" if self.source == "nifti" and self.csv is not None else LOCATION_KEYS[self.source]
 
 
 class HeadConfig(StrictModel):

@@ -13,7 +13,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000
 
 from medtl.config import DataConfig, DicomConfig, parse_config
-from medtl.data.dicom import WINDOW_PRESETS, render_frame, view_of
+from medtl.data.dicom import WINDOW_PRESETS, iter_frames, render_frame, view_of
 from medtl.data.sources import load_images, load_table
 from medtl.data.splits import read_manifest
 from medtl.errors import ConfigError, DataError
@@ -234,3 +234,57 @@ def test_too_many_bad_files_raise(dicom_dir: Path) -> None:
 def test_manifest_meta_is_json(dicom_dir: Path) -> None:
     table = load_table(dicom_cfg(dicom_dir))
     assert json.loads(json.dumps(dict(table.samples[0].meta)))["file"]
+
+
+# ---------------------------------------------------------------- enhanced multi-frame
+
+
+def _expected(raw: np.ndarray, intercept: float, center: float, width: float) -> np.ndarray:
+    """pydicom's own windowing of ``raw * 1 + intercept`` onto 0..255 (an 8-bit output range)."""
+    spec = pydicom.Dataset()
+    spec.PhotometricInterpretation, spec.BitsStored, spec.PixelRepresentation = "MONOCHROME2", 8, 0
+    spec.WindowCenter, spec.WindowWidth = center, width
+    return np.rint(apply_windowing(raw.astype(np.float64) + intercept, spec)).astype(np.uint8)
+
+
+def _frame_voi(center: float, width: float) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.WindowCenter, item.WindowWidth = center, width
+    return item
+
+
+def test_enhanced_ct_frames_use_the_shared_functional_group() -> None:
+    """eCT_Supplemental.dcm (Enhanced CT, 2 frames) keeps rescale -1024 and window 49/102 only in the shared group."""
+    path = pydicom_file("eCT_Supplemental.dcm")
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert "WindowCenter" not in header and "PerFrameFunctionalGroupsSequence" in header
+    frames = list(iter_frames(path, None, DicomConfig()))
+    assert [f.policy for f in frames] == ["file window 49/102"] * 2
+    for frame in frames:
+        assert np.array_equal(np.asarray(frame.image), _expected(frame.raw, -1024.0, 49.0, 102.0))
+
+
+def test_per_frame_window_and_rescale_override_the_shared_ones(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(pydicom_file("eCT_Supplemental.dcm"))
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    per_frame[0].FrameVOILUTSequence = [_frame_voi(40.0, 80.0)]
+    per_frame[1].FrameVOILUTSequence = [_frame_voi(400.0, 1800.0)]
+    rescale = pydicom.Dataset()
+    rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = -1000.0, 1.0, "HU"
+    per_frame[1].PixelValueTransformationSequence = [rescale]
+    path = tmp_path / "two_windows.dcm"
+    ds.save_as(path)
+    frames = list(iter_frames(path, None, DicomConfig()))
+    assert [f.policy for f in frames] == ["file window 40/80", "file window 400/1800"]
+    assert np.array_equal(np.asarray(frames[0].image), _expected(frames[0].raw, -1024.0, 40.0, 80.0))
+    assert np.array_equal(np.asarray(frames[1].image), _expected(frames[1].raw, -1000.0, 400.0, 1800.0))
+    only_second = list(iter_frames(path, [1], DicomConfig()))  # selecting frames keeps each frame's own values
+    assert only_second[0].policy == "file window 400/1800"
+    folder = tmp_path / "data"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        ds.save_as(folder / name / "ct.dcm")
+    cfg = DataConfig(source="dicom", root=folder, image_size=512)
+    loaded = load_images(load_table(cfg), cfg, progress=False)  # the data source renders frame by frame too
+    assert np.array_equal(loaded.images[1, ..., 0], np.asarray(frames[1].image))
+    assert not np.array_equal(loaded.images[0, ..., 0], _expected(frames[0].raw, -1024.0, 400.0, 1800.0))

@@ -63,6 +63,11 @@ _VIEW_CODES = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lat
 _FRAME_KEYS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope",
                "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction", "ModalityLUTSequence",
                "VOILUTSequence")
+_FRAME_MACROS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
+}
+"""Functional-group macros and the top-level attributes each one replaces when a frame carries it."""
 _MAX_LISTED = 10
 
 
@@ -367,8 +372,11 @@ def _warn_without_patient(files: list[DicomFile], patient_tag: str) -> None:
 def frame_dataset(ds: Dataset, index: int) -> Dataset:
     """The attributes that transform frame ``index``'s pixels, with enhanced multi-frame overrides.
 
-    Enhanced objects (e.g. Breast Tomosynthesis Image Storage) keep rescale and window in the shared
-    and per-frame functional groups; classic objects keep them at the top level.
+    Enhanced objects (Enhanced CT/MR/XA, Breast Tomosynthesis Image Storage) keep rescale
+    (PixelValueTransformationSequence) and window (FrameVOILUTSequence) in the functional groups:
+    the per-frame group of ``index`` overrides the shared group, which overrides the top level.
+    Each macro is taken whole from the most specific level that has it, so a frame's own window
+    is never mixed with a VOI LUT or window of another level. Classic objects are returned as is.
     """
     groups = [ds.SharedFunctionalGroupsSequence[0]] if ds.get("SharedFunctionalGroupsSequence") else []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -381,10 +389,15 @@ def frame_dataset(ds: Dataset, index: int) -> Dataset:
     for keyword in _FRAME_KEYS:
         if keyword in ds:
             out[keyword] = ds[keyword]
-    for group in groups:
-        for seq in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
-            for elem in group[seq][0] if group.get(seq) else []:
-                out[elem.tag] = elem
+    for seq, replaced in _FRAME_MACROS.items():
+        item = next((g[seq][0] for g in reversed(groups) if g.get(seq)), None)
+        if item is None:
+            continue
+        for keyword in replaced:
+            if keyword in out:
+                del out[keyword]
+        for elem in item:
+            out[elem.tag] = elem
     return out
 
 
@@ -485,12 +498,18 @@ def iter_frames(path: Path | str, indices: list[int] | None, cfg: DicomConfig, d
                 ) -> Iterator[Frame]:
     """Decode and render frames of one file (all frames when ``indices`` is None), one at a time.
 
+    Each frame is rendered with its own window and rescale (:func:`frame_dataset`). ``ds_out``, when
+    given, is filled with the file's header (without pixel data).
+
     Raises:
         DataError: The file cannot be decoded (with the reason and the fix).
     """
     ds = ds_out if ds_out is not None else Dataset()
     wanted = sorted(set(indices)) if indices is not None else None
     try:
+        # iter_pixels fills ds only with the pixel module (group 0028); the functional groups that carry
+        # an enhanced object's per-frame window and rescale come from the full header.
+        ds.update(pydicom.dcmread(path, stop_before_pixels=True))
         for n, raw in enumerate(iter_pixels(path, ds_out=ds, indices=wanted)):
             index = wanted[n] if wanted is not None else n
             image, policy = render_frame(raw, ds, index, cfg)
