@@ -1,13 +1,11 @@
-"""The fold trainer's single dispatch: which fit path each configuration takes, and the device rule."""
+"""The fold trainer's single dispatch: which fit path each configuration takes."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medtl.config import parse_config
-from medtl.errors import MedtlError
-from medtl.train.fold import build_model, choose_fit, resolve_device
+from medtl.train.fold import build_model, choose_fit
 
 
 def config(**over) -> object:
@@ -33,11 +31,3 @@ def test_one_place_chooses_the_fit_path(over: dict, path: str) -> None:
 
     apply_strategy(model, cfg.transfer)
     assert choose_fit(cfg, model).name == path
-
-
-def test_device_never_falls_back_silently() -> None:
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(MedtlError, match="train.device is 'cuda'"):
-            resolve_device("cuda")
