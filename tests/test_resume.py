@@ -63,6 +63,8 @@ def test_kill_9_in_fold_2_then_resume_gives_the_uninterrupted_metrics(brain_mri:
     proc.wait()
     assert rundir.state(run) == "unfinished"
     assert (run / "model" / "fold0.safetensors").is_file() and not (run / "model" / "fold2.safetensors").exists()
+    live = rundir.read_rows(run / rundir.HISTORY)  # history.csv grows epoch by epoch, not at the end
+    assert {r["fold"] for r in live} >= {"0", "1"} and any(r["fold"] == "1" and r["epoch"] == "0" for r in live)
 
     refused = subprocess.run([*MEDTL, "train", str(cfg), "--out", str(run), "--quiet"], env=env,
                              capture_output=True, text=True, timeout=300)

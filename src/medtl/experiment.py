@@ -128,7 +128,7 @@ def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
         log.warning("train.ensemble %d with transfer.classifier '%s': the classifier is fitted deterministically, "
                     "so the members are the same model", cfg.train.ensemble, cfg.transfer.classifier)
     trainer = FoldTrainer(cfg, data, out_dir, progress, resolve_device(cfg.train.device),
-                          store=rundir.Checkpoints(out_dir))
+                          store=rundir.Checkpoints(out_dir, ensemble=cfg.train.ensemble > 1))
     outcomes: list[FoldOutcome] = []
     for fold in data.folds:
         log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),

@@ -335,9 +335,10 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], ensemble: bool) -> 
 class Checkpoints:
     """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, ensemble: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / CHECKPOINTS
+        self.ensemble = ensemble
 
     def _stem(self, fold: int, member: int) -> str:
         return f"fold{fold}-m{member}"
@@ -367,6 +368,17 @@ class Checkpoints:
                   "best_score": result.best_score, "stopped_early": result.stopped_early}
         write_text(self.root / f"{stem}.json", json.dumps(record))
         self.epoch_checkpoint(fold, member).unlink(missing_ok=True)
+
+    def live_history(self, fold: int, member: int, rows: list[dict[str, Any]]) -> None:
+        """Rewrite ``history.csv``: every finished member's epochs, then the member in training's so far."""
+        done = []
+        for meta in self.root.glob("fold*-m*.json"):
+            f, m = (int(x) for x in meta.stem.removeprefix("fold").split("-m"))
+            if (f, m) != (fold, member):
+                done += [{"fold": f, **row, "member": m} for row in json.loads(meta.read_text())["history"]]
+        done.sort(key=lambda r: (r["fold"], r["member"], r["epoch"]))
+        write_history(self.run_dir, [*done, *({"fold": fold, **row, "member": member} for row in rows)],
+                      self.ensemble)
 
     def clear(self) -> None:
         """Remove the folder (the run is complete)."""

@@ -70,6 +70,8 @@ class ClassifierModule(L.LightningModule):
         self.soft_loss_fn = nn.CrossEntropyLoss(weight=class_weights)
         self.mixer: Mixup | None = None
         self.history: list[dict[str, float]] = []
+        self.epoch_hook: Callable[[list[dict[str, float]]], None] | None = None
+        """Called with the history after every epoch (a run's history.csv grows as it trains)."""
         self._train: list[tuple[float, int, int]] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         # The weights validation and best-weights selection use (an EMA copy when ``train.ema_decay``);
@@ -159,6 +161,8 @@ class ClassifierModule(L.LightningModule):
             if key in self.trainer.callback_metrics:
                 row[key] = float(self.trainer.callback_metrics[key])
         self.history.append(row)
+        if self.epoch_hook is not None:
+            self.epoch_hook(self.history)
         log.info("epoch %d: %s", self.current_epoch,
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
@@ -517,14 +521,16 @@ def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loade
 
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         seed: int, progress: bool = True, callbacks: list[L.Callback] | None = None,
-        checkpoint: Path | None = None) -> FitResult:
+        checkpoint: Path | None = None, on_epoch: Callable[[list[dict[str, float]]], None] | None = None
+        ) -> FitResult:
     """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
 
     Without a validation set (or without early stopping) the weights of the last epoch are kept,
     unless a validation set is given, in which case the best epoch by ``val_auc`` is restored.
     ``checkpoint``: write a resumable checkpoint there after every epoch, and continue from it when it
     exists (loaded with ``weights_only=True``); ignored with ``train.ema_decay``, whose average is not
-    checkpointed (such a fit restarts from its first epoch).
+    checkpointed (such a fit restarts from its first epoch). ``on_epoch`` is called with the history after
+    every epoch.
     """
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
@@ -541,6 +547,7 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
         callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper, *saver],
         gradient_clip_val=cfg.grad_clip,
         precision=lightning_precision(cfg))
+    module.epoch_hook = on_epoch
     resume_from = checkpoint if saver and checkpoint.is_file() else None
     if resume_from:
         log.info("resuming from %s", resume_from)

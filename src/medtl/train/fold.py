@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from medtl.config import ExperimentConfig
 from medtl.data.sources import LoadedImages
@@ -101,6 +101,9 @@ class MemberStore(Protocol):
                val: np.ndarray) -> None:
         """Keep a finished member (its weights are already saved as ``file``)."""
 
+    def live_history(self, fold: int, member: int, rows: list[dict[str, float]]) -> None:
+        """The history of the member in training so far (the run's history.csv grows epoch by epoch)."""
+
 
 def member_seed(cfg: ExperimentConfig, fold: Fold, member: int) -> int:
     """The training seed of ``member`` of ``fold``."""
@@ -132,6 +135,8 @@ class FoldTrainer:
     """Resumable runs: finished members are read back, members in training continue from their last epoch."""
     checkpoint: Path | None = None
     """The epoch checkpoint of the member being trained (None: not checkpointed)."""
+    on_epoch: Any = None
+    """Called with the member's history after each epoch (None: nothing to tell)."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -170,6 +175,8 @@ class FoldTrainer:
             self.bank = self.feature_bank(model)
         resumable = self.store is not None and self.cfg.transfer.strategy != "gradual"  # unfreezing is not saved
         self.checkpoint = self.store.epoch_checkpoint(fold.index, member) if resumable else None
+        store = self.store
+        self.on_epoch = (lambda rows: store.live_history(fold.index, member, rows)) if store else None
         try:
             result, probs = path.fit(self, model, fold, seed)
         except TrainingError as exc:
@@ -205,6 +212,12 @@ class FoldTrainer:
         return predict_probs(model, self.normalizer(), self.data.loaded.images, indices,
                              self.cfg.train.batch_size * 2, self.cfg.evaluate.tta, self.device, False,
                              self.cfg.train.fast_inference)
+
+    def fit(self, module: ClassifierModule, train: Dataset, val: Dataset | None, seed: int,
+            callbacks: list | None = None) -> FitResult:
+        """:func:`medtl.train.engine.fit` with the member's epoch checkpoint and history hook."""
+        return fit(module, train, val, self.cfg.train, seed, self.progress, callbacks, checkpoint=self.checkpoint,
+                   on_epoch=self.on_epoch)
 
     def class_weights(self, fold: Fold) -> torch.Tensor | None:
         return class_weights_for(self.data.labels[fold.train], len(self.data.class_names),
@@ -289,7 +302,7 @@ class BankFit(FitPath):
         module = ClassifierModule(model.head, t.cfg.train, t.data.positive_index, t.class_weights(fold))
         train = TensorDataset(feats[fold.train], labels[fold.train])
         val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
-        result = fit(module, train, val, t.cfg.train, seed, t.progress, checkpoint=t.checkpoint)
+        result = t.fit(module, train, val, seed)
         probs = head_probs(result.model, [view[fold.test] for view in t.bank])
         model.head = result.model
         result.model = model
@@ -314,7 +327,7 @@ class FullFit(FitPath):
         train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
         val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
         callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
-        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks, checkpoint=t.checkpoint)
+        result = t.fit(module, train, val, seed, callbacks)
         probs = predict_probs(result.model, t.normalizer(), images, fold.test, cfg.train.batch_size * 2,
                               cfg.evaluate.tta, t.device, t.progress, cfg.train.fast_inference)
         return result, probs
@@ -353,7 +366,7 @@ class CachedFit(FitPath):
         val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
         callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
         log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
-        result = fit(module, train, val, cfg.train, seed, t.progress, callbacks, checkpoint=t.checkpoint)
+        result = t.fit(module, train, val, seed, callbacks)
         probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
         result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
         return result, probs
