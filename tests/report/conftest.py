@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medtl import artifact
+from medtl import artifact, rundir
 from medtl.config import HeadConfig, dump_config, parse_config
 from medtl.evaluate.label_issues import audit_labels
 from medtl.evaluate.metrics import compute_metrics, per_fold_summary, summarize
@@ -141,6 +141,7 @@ def make_run(root: Path, *, k: int = 2, patients: bool = False, val: bool = Fals
         path = artifact.save_meta(run, meta)
         if extra_model_fields:
             path.write_text(json.dumps(json.loads(path.read_text()) | extra_model_fields, indent=2))
+    rundir.mark_complete(run)
     return run
 
 
