@@ -180,6 +180,33 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
 
 @app.command()
 @handled
+def tune(config: Annotated[Path, typer.Argument(help="Experiment YAML with a search: block.")],
+         out_dir: Annotated[Path, typer.Option("--out", help="Run directory (an earlier search there is continued).")],
+         trials: Annotated[int, typer.Option(min=1, help="Finished trials per study (per outer fold when nested).")]
+         = 20,
+         timeout: Annotated[float | None, typer.Option(min=1, help="Seconds per study (per outer fold).")] = None,
+         storage: Annotated[str | None, typer.Option(help="Optuna storage: RDB URL or journal:PATH (default "
+                                                     "sqlite:///OUT/optuna.db); workers on one storage share it.")]
+         = None,
+         sampler: Annotated[str, typer.Option(help="tpe, random or grid.")] = "tpe",
+         nest: Annotated[bool, typer.Option("--nest/--no-nest", help="Nested search (unbiased); --no-nest: one "
+                                            "flat search whose figure is optimistic.")] = True,
+         inner_folds: Annotated[int, typer.Option(min=2, max=20, help="Inner folds per outer fold.")] = 3,
+         overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Hyperparameter search on Optuna, nested by default; writes a run directory with tune.json."""
+    from medtl.tune import SAMPLERS, TuneOptions, load_tune, run_tune, tune_table
+
+    _out_dir(out_dir, "--out")
+    spec = load_tune(config, overrides or [])
+    options = TuneOptions(trials, timeout, storage, _choice(sampler, SAMPLERS, "--sampler"), nest, inner_folds)
+    summary = run_tune(spec, out_dir, options, progress=not quiet)
+    _out().print(tune_table(summary))
+    _out().print(f"run directory: {out_dir}")
+
+
+@app.command()
+@handled
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
              data: Annotated[Path | None, typer.Option(help="YAML with a data block, or an image folder.")] = None,
              out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None,

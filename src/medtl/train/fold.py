@@ -112,6 +112,8 @@ class FoldTrainer:
     device: str = "cpu"
     bank: list[torch.Tensor] | None = None
     spec: WeightsSpec | None = None
+    callbacks: list[L.Callback] = field(default_factory=list)
+    """Extra Lightning callbacks of every epoch-wise fit (e.g. ``medtl tune``'s pruning report)."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -249,7 +251,7 @@ class BankFit(FitPath):
         module = ClassifierModule(model.head, t.cfg.train, t.data.positive_index, t.class_weights(fold))
         train = TensorDataset(feats[fold.train], labels[fold.train])
         val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
-        result = fit(module, train, val, t.cfg.train, seed, t.progress)
+        result = fit(module, train, val, t.cfg.train, seed, t.progress, list(t.callbacks))
         probs = head_probs(result.model, [view[fold.test] for view in t.bank])
         model.head = result.model
         result.model = model
@@ -273,7 +275,7 @@ class FullFit(FitPath):
         images = data.loaded.images
         train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
         val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
-        callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
+        callbacks = [*t.callbacks, *([GradualUnfreeze(cfg.transfer.schedule)] if gradual else [])]
         result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
         probs = predict_probs(result.model, t.normalizer(), images, fold.test, cfg.train.batch_size * 2,
                               cfg.evaluate.tta, t.device, t.progress, cfg.train.fast_inference)
@@ -311,7 +313,8 @@ class CachedFit(FitPath):
                                   else None)
         train = pc.PrefixViewsDataset(views, fold.train, data.labels, seed)
         val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
-        callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
+        callbacks = [*t.callbacks, *([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []),
+                     pc.ViewEpoch(train)]
         log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
         result = fit(module, train, val, cfg.train, seed, t.progress, callbacks)
         probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
