@@ -359,34 +359,59 @@ def study(study_file: Annotated[Path, typer.Argument(help="Study YAML (base expe
 
 @app.command()
 @handled
-def compare(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+def compare(run_dirs: Annotated[list[Path] | None, typer.Argument(help="Finished run directories.")] = None,
             baseline: Annotated[Path | None, typer.Option(help="Run to test against (default: the first).")]
             = None,
+            groups: Annotated[list[str] | None, typer.Option(
+                "--group", help="Runs of one configuration, one per seed: comma-separated run directories or a glob "
+                "pattern (repeat per configuration; the first is the baseline; same seed order in each).")] = None,
             csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the comparison as CSV.")] = None,
             md_file: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table.")] = None,
             as_json: Annotated[bool, _JSON] = False) -> None:
-    """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images."""
+    """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images
+    (clustered by patient where patients have several images); --group: mean ± sd and paired tests over seeds."""
     from medtl import rundir
     from medtl.evaluate.compare import (
+        SEED_COLUMNS,
         comparison_csv,
         comparison_markdown,
         comparison_table,
         default_columns,
+        seed_markdown,
+        seed_table,
     )
 
     _out_file(csv_file, "--csv")
     _out_file(md_file, "--markdown")
-    rows = rundir.compare_runs(run_dirs, baseline)
+    if bool(run_dirs) == bool(groups):
+        raise ConfigError("give either run directories or --group options (one per configuration), not both")
+    if groups:
+        rows = rundir.compare_seed_groups([_run_group(g) for g in groups])
+        table, columns, markdown = seed_table(rows), list(SEED_COLUMNS), seed_markdown
+    else:
+        rows = rundir.compare_runs(run_dirs or [], baseline)
+        table, columns, markdown = comparison_table(rows), default_columns(), comparison_markdown
     if as_json:
         _print_json(rows)
     else:
-        _out().print(comparison_table(rows))
+        _out().print(table)
     if csv_file:
-        csv_file.write_text(comparison_csv(rows, default_columns()))
+        csv_file.write_text(comparison_csv(rows, columns))
         console.print(f"comparison written to {csv_file}")
     if md_file:
-        md_file.write_text(comparison_markdown(rows))
+        md_file.write_text(markdown(rows))
         console.print(f"markdown table written to {md_file}")
+
+
+def _run_group(spec: str) -> list[Path]:
+    """The run directories of one ``--group``: comma-separated paths, or a glob pattern (sorted)."""
+    if any(ch in spec for ch in "*?["):
+        matches = sorted(Path().glob(spec)) if not Path(spec).is_absolute() else sorted(
+            Path(Path(spec).anchor).glob(str(Path(spec).relative_to(Path(spec).anchor))))
+        if not matches:
+            raise ConfigError(f"--group '{spec}': the pattern matches no run directory")
+        return matches
+    return [Path(p.strip()) for p in spec.split(",") if p.strip()]
 
 
 def _convert_choices(field: str) -> tuple[str, ...]:
