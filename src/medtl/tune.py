@@ -461,6 +461,7 @@ def run_tune(spec: TuneSpec, out_dir: Path, options: TuneOptions, progress: bool
             search block, data or storage.
         RunInterrupted: Ctrl-C; the storage keeps every finished trial, and the same command continues.
     """
+    make_sampler(options.sampler, spec.params, 0)  # a sampler that cannot search this block fails first
     out_dir = _open_dir(Path(out_dir), spec, options)
     url = storage_url(options.storage, out_dir)
     with _RunLog(out_dir / rundir.LOG):

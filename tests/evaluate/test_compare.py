@@ -242,5 +242,6 @@ def test_cli_compare_groups_of_seeds(tmp_path: Path) -> None:
     assert [r["config"] for r in rows] == ["a-seed", "b-seed"] and rows[1]["runs"] == 3
     assert rows[1]["p_ttest"] == pytest.approx(sps.ttest_rel(aucs["b"], aucs["a"]).pvalue)
     assert rows[1]["auc_sd"] == pytest.approx(np.std(aucs["b"], ddof=1))
-    bad = CliRunner().invoke(app, ["compare", "--group", str(tmp_path / "a-seed0"), "--group", str(tmp_path / "b-seed*")])
+    bad = CliRunner().invoke(app, ["compare", "--group", str(tmp_path / "a-seed0"),
+                                   "--group", str(tmp_path / "b-seed*")])
     assert bad.exit_code == 2 and "same seeds in every group" in " ".join(bad.output.split())
