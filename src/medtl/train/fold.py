@@ -37,6 +37,7 @@ from medtl.errors import MedtlError, TrainingError
 from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train.device import resolve_device
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer import prefix_cache as pc
@@ -45,6 +46,10 @@ from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 from medtl.transfer.probe import init_head
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ENSEMBLE_SEED_STRIDE", "FIT_PATHS", "FitPath", "FoldOutcome", "FoldTrainer", "PreparedData", "build_model",
+           "choose_fit", "member_seed", "probe_first", "uses_feature_bank",
+           "resolve_device"]
 
 ENSEMBLE_SEED_STRIDE = 1000
 """Member m of a fold trains with seed ``train.seed + fold + 1000·m`` (member 0: the single-model seed)."""
