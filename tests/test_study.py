@@ -211,7 +211,7 @@ def test_run_writes_state_comparison_and_markdown(tmp_path: Path, fake: FakeRun)
     metric_cols = [f"{m}{s}" for m in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
                    for s in ("", "_lo", "_hi")]
     assert list(rows[0]) == ["cell", "strategy", "seed", "n", *metric_cols, "p_auc_delong", "p_acc_mcnemar",
-                             "paired_with", "reason"]
+                             "paired_with", "reason", "p_auc_clustered", "p_auc_holm"]
     assert [r["cell"] for r in rows] == ["fe-0", "fe-1", "ft-0", "ft-1"]
     assert rows[0]["reason"] == "baseline" and rows[0]["p_auc_delong"] == ""
     assert all(r["paired_with"] == "fe-0" for r in rows[1:])
@@ -421,3 +421,22 @@ def test_a_study_with_progress_bars_finishes(tmp_path: Path, monkeypatch: pytest
     result = run_study(load_study(write_study(tmp_path)), out, progress=True)
     assert len(result.rows) == 4 and not result.failed
     assert (out / "comparison.csv").is_file()
+
+
+def test_seed_axis_gives_mean_sd_and_a_paired_test_over_seeds_and_holm(tmp_path: Path, fake: FakeRun) -> None:
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    out = tmp_path / "out"
+    run_study(load_study(write_study(tmp_path)), out, progress=False)
+    auc = {c: rundir.read_metrics(out / "cells" / c)["auc"]["value"] for c in ("fe-0", "fe-1", "ft-0", "ft-1")}
+    seeds = read_csv(out / "seeds.csv")
+    assert [r["config"] for r in seeds] == ["fe", "ft"] and seeds[1]["paired_with"] == "fe"
+    assert float(seeds[1]["auc_mean"]) == pytest.approx((auc["ft-0"] + auc["ft-1"]) / 2, rel=1e-5)
+    expected = sps.ttest_rel([auc["ft-0"], auc["ft-1"]], [auc["fe-0"], auc["fe-1"]]).pvalue
+    assert float(seeds[1]["p_ttest"]) == pytest.approx(expected, rel=1e-4)
+    md = (out / "comparison.md").read_text()
+    assert "## Over seeds" in md and "conditional on the trained models" in md
+    rows = read_csv(out / "comparison.csv")
+    holm = multipletests([float(r["p_auc_delong"]) for r in rows[1:]], method="holm")[1]
+    assert [float(r["p_auc_holm"]) for r in rows[1:]] == pytest.approx(list(holm), rel=1e-4)

@@ -40,6 +40,8 @@ class ModelMeta:
     config: dict
     threshold_rule: dict | None = None
     temperature: float | None = None
+    environment: dict | None = None
+    """Provenance: medtl version and git commit, torch/timm/lightning, device, threads, determinism."""
 
     @property
     def preprocess(self) -> Preprocessing:

@@ -182,6 +182,33 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
 
 @app.command()
 @handled
+def tune(config: Annotated[Path, typer.Argument(help="Experiment YAML with a search: block.")],
+         out_dir: Annotated[Path, typer.Option("--out", help="Run directory (an earlier search there is continued).")],
+         trials: Annotated[int, typer.Option(min=1, help="Finished trials per study (per outer fold when nested).")]
+         = 20,
+         timeout: Annotated[float | None, typer.Option(min=1, help="Seconds per study (per outer fold).")] = None,
+         storage: Annotated[str | None, typer.Option(help="Optuna storage: RDB URL or journal:PATH (default "
+                                                     "sqlite:///OUT/optuna.db); workers on one storage share it.")]
+         = None,
+         sampler: Annotated[str, typer.Option(help="tpe, random or grid.")] = "tpe",
+         nest: Annotated[bool, typer.Option("--nest/--no-nest", help="Nested search (unbiased); --no-nest: one "
+                                            "flat search whose figure is optimistic.")] = True,
+         inner_folds: Annotated[int, typer.Option(min=2, max=20, help="Inner folds per outer fold.")] = 3,
+         overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Hyperparameter search on Optuna, nested by default; writes a run directory with tune.json."""
+    from medtl.tune import SAMPLERS, TuneOptions, load_tune, run_tune, tune_table
+
+    _out_dir(out_dir, "--out")
+    spec = load_tune(config, overrides or [])
+    options = TuneOptions(trials, timeout, storage, _choice(sampler, SAMPLERS, "--sampler"), nest, inner_folds)
+    summary = run_tune(spec, out_dir, options, progress=not quiet)
+    _out().print(tune_table(summary))
+    _out().print(f"run directory: {out_dir}")
+
+
+@app.command()
+@handled
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
              data: Annotated[Path | None, typer.Option(help="YAML with a data block, or an image folder.")] = None,
              out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None,
@@ -334,34 +361,59 @@ def study(study_file: Annotated[Path, typer.Argument(help="Study YAML (base expe
 
 @app.command()
 @handled
-def compare(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+def compare(run_dirs: Annotated[list[Path] | None, typer.Argument(help="Finished run directories.")] = None,
             baseline: Annotated[Path | None, typer.Option(help="Run to test against (default: the first).")]
             = None,
+            groups: Annotated[list[str] | None, typer.Option(
+                "--group", help="Runs of one configuration, one per seed: comma-separated run directories or a glob "
+                "pattern (repeat per configuration; the first is the baseline; same seed order in each).")] = None,
             csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the comparison as CSV.")] = None,
             md_file: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table.")] = None,
             as_json: Annotated[bool, _JSON] = False) -> None:
-    """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images."""
+    """Metrics with 95% CIs side by side; DeLong and McNemar tests against the baseline on shared images
+    (clustered by patient where patients have several images); --group: mean ± sd and paired tests over seeds."""
     from medtl import rundir
     from medtl.evaluate.compare import (
+        SEED_COLUMNS,
         comparison_csv,
         comparison_markdown,
         comparison_table,
         default_columns,
+        seed_markdown,
+        seed_table,
     )
 
     _out_file(csv_file, "--csv")
     _out_file(md_file, "--markdown")
-    rows = rundir.compare_runs(run_dirs, baseline)
+    if bool(run_dirs) == bool(groups):
+        raise ConfigError("give either run directories or --group options (one per configuration), not both")
+    if groups:
+        rows = rundir.compare_seed_groups([_run_group(g) for g in groups])
+        table, columns, markdown = seed_table(rows), list(SEED_COLUMNS), seed_markdown
+    else:
+        rows = rundir.compare_runs(run_dirs or [], baseline)
+        table, columns, markdown = comparison_table(rows), default_columns(), comparison_markdown
     if as_json:
         _print_json(rows)
     else:
-        _out().print(comparison_table(rows))
+        _out().print(table)
     if csv_file:
-        csv_file.write_text(comparison_csv(rows, default_columns()))
+        csv_file.write_text(comparison_csv(rows, columns))
         console.print(f"comparison written to {csv_file}")
     if md_file:
-        md_file.write_text(comparison_markdown(rows))
+        md_file.write_text(markdown(rows))
         console.print(f"markdown table written to {md_file}")
+
+
+def _run_group(spec: str) -> list[Path]:
+    """The run directories of one ``--group``: comma-separated paths, or a glob pattern (sorted)."""
+    if any(ch in spec for ch in "*?["):
+        matches = sorted(Path().glob(spec)) if not Path(spec).is_absolute() else sorted(
+            Path(Path(spec).anchor).glob(str(Path(spec).relative_to(Path(spec).anchor))))
+        if not matches:
+            raise ConfigError(f"--group '{spec}': the pattern matches no run directory")
+        return matches
+    return [Path(p.strip()) for p in spec.split(",") if p.strip()]
 
 
 def _convert_choices(field: str) -> tuple[str, ...]:

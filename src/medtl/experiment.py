@@ -30,7 +30,7 @@ from medtl.evaluate.operating import OperatingChoice, calibrate, check_validatio
 from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
-from medtl.train.device import resolve_device
+from medtl.train.device import environment, resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
     FoldOutcome,
@@ -43,7 +43,7 @@ from medtl.transfer.freeze import count
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENSEMBLE_SEED_STRIDE", "FoldOutcome", "OperatingChoice", "PreparedData", "build_model",
+__all__ = ["ENSEMBLE_SEED_STRIDE", "FoldOutcome", "OperatingChoice", "PreparedData", "build_model", "conclude",
            "prepare_data", "run_experiment", "run_bridge_stages", "stage_config"]
 
 
@@ -101,17 +101,28 @@ def _run(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
     with rundir.atomic_path(out_dir / rundir.SPLITS) as tmp:
         write_manifest(tmp, data.loaded.table, data.groups, data.folds)
     outcomes, spec = train_folds(cfg, data, out_dir, progress)
+    metrics = conclude(cfg, data, outcomes, spec, out_dir, started, {"stages": stages} if stages else None)
+    if cfg.evaluate.report:
+        _write_report(out_dir, cfg)
+    return metrics
+
+
+def conclude(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutcome], spec: WeightsSpec,
+             out_dir: Path, started: float, extra: dict | None = None) -> dict:
+    """Trained folds → operating point (on pooled validation) → metrics with CIs → the run's output files.
+
+    Used by :func:`run_experiment` and by ``medtl tune`` (whose outer folds were refitted with their
+    own chosen configurations); ``extra`` entries are added to the metrics before they are written.
+    Returns the metrics dict (``metrics.json``); the caller marks the run complete.
+    """
     choice = choose_operating_point(cfg.evaluate, *_pooled_validation(data, outcomes), data.positive_index,
                                     len(data.class_names))
     outcomes = [_at_operating_point(o, choice, data) for o in outcomes]
     metrics = _evaluate(cfg, data, outcomes, spec, time.perf_counter() - started, choice)
-    if stages:
-        metrics["stages"] = stages
+    metrics.update(extra or {})
     if cfg.evaluate.label_issues:
         metrics["label_issues"] = _audit_labels(out_dir, data, outcomes)
     _write_outputs(out_dir, cfg, data, outcomes, metrics, spec, choice)
-    if cfg.evaluate.report:
-        _write_report(out_dir, cfg)
     return metrics
 
 
@@ -279,6 +290,7 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
                                "epochs_trained": [[len(f.history) for f in o.members] for o in outcomes]}
     metrics["seconds"] = round(seconds, 1)
     metrics["name"] = cfg.name
+    metrics["environment"] = environment(resolve_device(cfg.train.device))  # provenance (issue 19)
     return metrics
 
 
@@ -344,7 +356,7 @@ def _write_outputs(out_dir: Path, cfg: ExperimentConfig, data: PreparedData, out
                                                                           "std": list(pre.std)},
         threshold=choice.threshold, threshold_rule=choice.rule, temperature=choice.temperature, tta=cfg.evaluate.tta,
         folds=[name for o in outcomes for name in o.files], lineage=lineage,
-        config=cfg.model_dump(mode="json"))
+        config=cfg.model_dump(mode="json"), environment=metrics["environment"])
     artifact.save_meta(out_dir, meta)
     rundir.write_json(out_dir / rundir.METRICS, metrics)
     log.info("trainable parameters at the end: %s", f"{count(outcomes[-1].fit.model, True):,}")

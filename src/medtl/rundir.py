@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medtl.errors import DataError, MedtlError
-from medtl.evaluate.compare import Predictions, RunResult, compare_results
+from medtl.evaluate.compare import Predictions, RunResult, compare_results, seed_rows
 from medtl.evaluate.metrics import predict_classes
 
 CONFIG = "config.yaml"
@@ -298,6 +298,33 @@ def compare_runs(run_dirs: Sequence[str | Path], baseline: str | Path | None = N
     runs = [load_result(d, n) for d, n in zip(dirs, labels, strict=True)]
     base = next(r for r in runs if _same_dir(r.run_dir, base_dir))
     return compare_results(runs, base)
+
+
+def compare_seed_groups(groups: Sequence[Sequence[str | Path]]) -> list[dict[str, Any]]:
+    """:func:`medtl.evaluate.compare.seed_rows` of groups of finished runs, one group per configuration.
+
+    Each group lists one run per seed, in the same seed order in every group; the first group is the
+    baseline. A group is named by the common prefix of its directory names (else ``group<k>``).
+
+    Raises:
+        DataError: A run is not finished, a group is empty, or the groups differ in size.
+    """
+    loaded = []
+    for k, group in enumerate(groups):
+        dirs = [Path(d) for d in group]
+        if not dirs:
+            raise DataError(f"--group {k + 1} names no run directory")
+        loaded.append((_group_name([d.name for d in dirs], k), [load_result(d) for d in dirs]))
+    sizes = {len(runs) for _, runs in loaded}
+    if len(sizes) > 1:
+        raise DataError(f"the groups hold {', '.join(str(len(r)) for _, r in loaded)} runs; a paired test over seeds "
+                        "needs one run per seed, the same seeds in every group")
+    return seed_rows(loaded)
+
+
+def _group_name(names: list[str], index: int) -> str:
+    prefix = os.path.commonprefix(names).rstrip("-_.")
+    return prefix if prefix and len(names) > 1 else (names[0] if len(names) == 1 else f"group{index + 1}")
 
 
 def _same_dir(a: Path, b: Path) -> bool:

@@ -50,6 +50,7 @@ from medtl import rundir
 from medtl.config import ExperimentConfig, dump_config, parse_config, read_yaml, resolve_paths, set_dotted
 from medtl.errors import ConfigError, MedtlError, RunInterrupted
 from medtl.evaluate.compare import (
+    SEED_COLUMNS,
     TEST_COLUMNS,
     comparison_csv,
     comparison_markdown,
@@ -57,6 +58,8 @@ from medtl.evaluate.compare import (
     format_metric,
     metric_column_names,
     metric_columns,
+    seed_markdown,
+    seed_rows,
 )
 from medtl.experiment import run_experiment
 
@@ -628,11 +631,35 @@ def write_comparison(study: Study, out_dir: Path) -> list[dict[str, Any]]:
     axes = [a.name for a in study.axes]
     columns = ["cell", *axes, *metric_column_names(), *TEST_COLUMNS]
     (out_dir / "comparison.csv").write_text(comparison_csv(rows, columns))
-    (out_dir / "comparison.md").write_text(_markdown(study, rows))
+    seeds = seed_summary(study, out_dir)
+    markdown = _markdown(study, rows)
+    if seeds:
+        (out_dir / "seeds.csv").write_text(comparison_csv(seeds, list(SEED_COLUMNS)))
+        markdown += "\n## Over seeds\n\n" + seed_markdown(seeds)
+    (out_dir / "comparison.md").write_text(markdown)
     fraction = _fraction_axis(study)
     if fraction is not None:
         _write_learning_curve(out_dir / "learning_curve.csv", study, fraction, rows)
     return rows
+
+
+def seed_summary(study: Study, out_dir: Path) -> list[dict[str, Any]]:
+    """With a seed axis: per combination of the other axes, mean ± sd over seeds and a paired test over seeds
+    against the baseline's combination (seeds finished in every combination only). [] without a seed axis."""
+    axis = next((a for a in study.axes if a.name == "seed" or a.touches("seed")), None)
+    if axis is None:
+        return []
+    done = [c for c in study.cells if c.status == "done"]
+    others = [a.name for a in study.axes if a is not axis]
+    combos: dict[str, dict[str, Cell]] = {}
+    for cell in done:
+        combos.setdefault("-".join(cell.axes[a] for a in others) or "all", {})[cell.axes[axis.name]] = cell
+    base = "-".join(study.cell(study.baseline).axes[a] for a in others) or "all"
+    seeds = [s for s in axis.levels if all(s in cells for cells in combos.values())]
+    if base not in combos or len(seeds) < 2:
+        return []
+    order = [base, *[k for k in combos if k != base]]
+    return seed_rows([(k, [rundir.load_result(out_dir / "cells" / combos[k][s].name) for s in seeds]) for k in order])
 
 
 def _markdown(study: Study, rows: list[dict[str, Any]]) -> str:

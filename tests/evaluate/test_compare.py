@@ -31,7 +31,8 @@ from medtl.rundir import load_result as load_run
 
 
 def write_run(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray,
-              class_names: tuple[str, ...] = ("no", "yes"), threshold: float = 0.5) -> Path:
+              class_names: tuple[str, ...] = ("no", "yes"), threshold: float = 0.5,
+              groups: list[str] | None = None) -> Path:
     """A run directory in the format of medtl.experiment (the files compare reads)."""
     positive = 1 if len(class_names) == 2 else None
     run_dir.mkdir(parents=True)
@@ -46,7 +47,8 @@ def write_run(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarr
                          "pred"])
         for i, (id_, y, p) in enumerate(zip(ids, labels, probs, strict=True)):
             pred = (positive if p[positive] >= threshold else 1 - positive) if positive is not None else p.argmax()
-            writer.writerow([id_, f"/data/{id_}.png", i % 2, int(y), class_names[y], f"g{id_}",
+            group = groups[i] if groups is not None else f"g{id_}"
+            writer.writerow([id_, f"/data/{id_}.png", i % 2, int(y), class_names[y], group,
                              *[f"{v:.9g}" for v in p], class_names[pred]])
     mark_complete(run_dir)
     return run_dir
@@ -193,3 +195,53 @@ def test_cli_compare_json_and_full_width_table(pair) -> None:
     table = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["compare", str(a), str(b)])
     assert table.exit_code == 0 and "…" not in table.stdout  # a pipe gets the whole table, never cut
     assert format_metric(rows[0], "auc") in table.stdout
+
+
+def test_patients_with_several_images_get_the_clustered_auc_test(tmp_path: Path) -> None:
+    from medtl.evaluate.stats import clustered_auc_test
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, size=90)
+    ids = [f"img{i:03d}" for i in range(90)]
+    groups = [f"patient:{i // 3}" for i in range(90)]
+    pa, pb = binary_probs(rng, labels, 3.0), binary_probs(rng, labels, 1.0)
+    a = write_run(tmp_path / "a", ids, labels, pa, groups=groups)
+    b = write_run(tmp_path / "b", ids, labels, pb, groups=groups)
+    rows = compare_runs([a, b])
+    expected = clustered_auc_test(labels, pb[:, 1], pa[:, 1], groups)[2]
+    assert rows[1]["p_auc_clustered"] == pytest.approx(expected, rel=1e-9)
+    assert rows[1]["p_auc_delong"] != pytest.approx(expected)
+    console = Console(record=True, width=300)
+    console.print(comparison_table(rows))
+    text = console.export_text()
+    assert "p AUC (clustered by patient)" in text and "conditional on the trained models" in text
+    assert "clustered by patient (Obuchowski)" in comparison_markdown(rows)
+
+
+def test_one_image_per_patient_has_no_clustered_column(pair) -> None:
+    a, b, *_ = pair
+    rows = compare_runs([a, b])
+    assert rows[1]["p_auc_clustered"] is None and "clustered" not in comparison_markdown(rows).split("\n")[0]
+
+
+def test_cli_compare_groups_of_seeds(tmp_path: Path) -> None:
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 2, size=60)
+    ids = [f"img{i:03d}" for i in range(60)]
+    aucs: dict[str, list[float]] = {"a": [], "b": []}
+    for name, signal in (("a", 1.0), ("b", 2.5)):
+        for seed in range(3):
+            run = write_run(tmp_path / f"{name}-seed{seed}", ids, labels, binary_probs(rng, labels, signal))
+            aucs[name].append(load_run(run).metrics["auc"]["value"])
+    result = CliRunner().invoke(app, ["compare", "--group", ",".join(str(tmp_path / f"a-seed{s}") for s in range(3)),
+                                      "--group", str(tmp_path / "b-seed*"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["config"] for r in rows] == ["a-seed", "b-seed"] and rows[1]["runs"] == 3
+    assert rows[1]["p_ttest"] == pytest.approx(sps.ttest_rel(aucs["b"], aucs["a"]).pvalue)
+    assert rows[1]["auc_sd"] == pytest.approx(np.std(aucs["b"], ddof=1))
+    bad = CliRunner().invoke(app, ["compare", "--group", str(tmp_path / "a-seed0"),
+                                   "--group", str(tmp_path / "b-seed*")])
+    assert bad.exit_code == 2 and "same seeds in every group" in " ".join(bad.output.split())

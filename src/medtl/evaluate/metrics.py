@@ -531,7 +531,7 @@ def per_fold_summary(fold_metrics: list[dict[str, float]]) -> dict[str, dict[str
 # --------------------------------------------------------------------------- paired tests
 
 
-def _structural_components(
+def structural_components(
     pos_scores: np.ndarray, neg_scores: np.ndarray
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """AUC and DeLong structural components via midranks (Sun & Xu 2014).
@@ -571,8 +571,8 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> tu
     if pos.sum() == 0 or neg.sum() == 0:
         logger.warning("DeLong test undefined: y_true holds a single class; returning nan.")
         return (math.nan, math.nan, math.nan)
-    auc_a, v10_a, v01_a = _structural_components(a[pos], a[neg])
-    auc_b, v10_b, v01_b = _structural_components(b[pos], b[neg])
+    auc_a, v10_a, v01_a = structural_components(a[pos], a[neg])
+    auc_b, v10_b, v01_b = structural_components(b[pos], b[neg])
     if pos.sum() < 2 or neg.sum() < 2:
         logger.warning("DeLong test needs >= 2 cases of each class; p-value is nan.")
         return (auc_a, auc_b, math.nan)

@@ -37,6 +37,7 @@ from medtl.errors import MedtlError, TrainingError
 from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train.device import resolve_device
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer import prefix_cache as pc
@@ -45,6 +46,10 @@ from medtl.transfer.gradual import GradualUnfreeze, step_lr_mults
 from medtl.transfer.probe import init_head
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ENSEMBLE_SEED_STRIDE", "FIT_PATHS", "FitPath", "FoldOutcome", "FoldTrainer", "PreparedData", "build_model",
+           "choose_fit", "member_seed", "probe_first", "uses_feature_bank",
+           "resolve_device"]
 
 ENSEMBLE_SEED_STRIDE = 1000
 """Member m of a fold trains with seed ``train.seed + fold + 1000·m`` (member 0: the single-model seed)."""
@@ -137,6 +142,8 @@ class FoldTrainer:
     """The epoch checkpoint of the member being trained (None: not checkpointed)."""
     on_epoch: Any = None
     """Called with the member's history after each epoch (None: nothing to tell)."""
+    callbacks: list[L.Callback] = field(default_factory=list)
+    """Extra Lightning callbacks of every epoch-wise fit (e.g. ``medtl tune``'s pruning report)."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -215,9 +222,10 @@ class FoldTrainer:
 
     def fit(self, module: ClassifierModule, train: Dataset, val: Dataset | None, seed: int,
             callbacks: list | None = None) -> FitResult:
-        """:func:`medtl.train.engine.fit` with the member's epoch checkpoint and history hook."""
-        return fit(module, train, val, self.cfg.train, seed, self.progress, callbacks, checkpoint=self.checkpoint,
-                   on_epoch=self.on_epoch)
+        """:func:`medtl.train.engine.fit` with the trainer's callbacks, the member's epoch checkpoint and history
+        hook."""
+        return fit(module, train, val, self.cfg.train, seed, self.progress, [*self.callbacks, *(callbacks or [])],
+                   checkpoint=self.checkpoint, on_epoch=self.on_epoch)
 
     def class_weights(self, fold: Fold) -> torch.Tensor | None:
         return class_weights_for(self.data.labels[fold.train], len(self.data.class_names),
