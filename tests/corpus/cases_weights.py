@@ -65,5 +65,5 @@ CASES = [
     Case("weights-fake-safetensors", "new", "`file:evil.safetensors` holding a pickle",
          "refused as not safetensors, exit 2; the code never runs", _weights("evil.safetensors",
                                                                            _write_fake_safetensors), 2,
-         "not a safetensors file", _marker_absent, 1),
+         "not a readable safetensors file", _marker_absent, 1),
 ]
