@@ -13,13 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from medtl import rundir
 from medtl.errors import DataError, MedtlError
 from medtl.report import run_report, study_report
 from medtl.report.load import RunData, StudyData, is_run_dir, is_study_dir, load_run, load_study
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
+REPORT_NAME = rundir.REPORT
 """File name of the report inside the run or study directory (the default output)."""
 
 

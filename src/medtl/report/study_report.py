@@ -6,6 +6,7 @@ import math
 import re
 from typing import Any
 
+from medtl import rundir
 from medtl.evaluate.metrics import METRIC_KEYS
 from medtl.report import figures
 from medtl.report.load import StudyData
@@ -29,7 +30,7 @@ def cells_section(study: StudyData) -> dict[str, Any]:
     rows = []
     for cell in study.cells:
         run_dir = study.path / str(cell.get("run_dir", ""))
-        report = run_dir / "report.html"
+        report = run_dir / rundir.REPORT
         rows.append({"name": cell.get("name", "?"), "axes": [(cell.get("axes") or {}).get(a, "") for a in study.axes],
                      "status": cell.get("status", "?"), "error": cell.get("error"),
                      "report": f"{cell.get('run_dir')}/report.html" if report.is_file() else None,
