@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Case:
         good: Counts the good inputs that were still processed (e.g. rows of an output CSV), given the folder.
         expected_good: What ``good`` must return.
         slow: Trains a model (marked ``slow``).
+        patch: Applied to the test's ``MonkeyPatch`` before the command runs (e.g. a Ctrl-C at a chosen
+            point of a real run); ``None`` for most cases.
     """
 
     id: str
@@ -40,3 +43,4 @@ class Case:
     good: Callable[[Path], int] | None = None
     expected_good: int | None = None
     slow: bool = False
+    patch: Callable[[Any], None] | None = None

@@ -20,11 +20,11 @@ def _images(root: Path, per_class: int = 3) -> Path:
     return root / "images"
 
 
-def _config(root: Path, **model: str) -> Path:
-    images = _images(root)
+def _config(root: Path, per_class: int = 3, folds: int = 5, **model: str) -> Path:
+    images = _images(root, per_class)
     weights = model.get("weights", "packaged:efficientnet_lite0")
     (root / "exp.yaml").write_text(
-        f"name: corpus\ndata: {{source: folder, root: {images}, image_size: 32}}\n"
+        f"name: corpus\ndata: {{source: folder, root: {images}, image_size: 32, split: {{folds: {folds}}}}}\n"
         f"model: {{weights: '{weights}'}}\ntransfer: {{strategy: feature_extraction}}\n"
         "train: {epochs: 1}\nevaluate: {report: false}\n")
     return root / "exp.yaml"
@@ -55,6 +55,24 @@ def _bad_weights(root: Path) -> list[str]:
             "--quiet"]
 
 
+def _ctrl_c_after_training(monkeypatch) -> None:
+    """Ctrl-C once every fold has trained, while the run concludes (a real KeyboardInterrupt in the library)."""
+    import medtl.experiment
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medtl.experiment, "conclude", interrupt)
+
+
+def _train(root: Path) -> list[str]:
+    return ["train", str(_config(root, per_class=4, folds=2)), "--out", str(root / "run"), "--quiet"]
+
+
+def _models_kept(root: Path) -> int:
+    return len(list((root / "run" / "model").glob("fold*.safetensors")))
+
+
 def _run_files(root: Path) -> int:
     """Files the refused run wrote besides its config and log (splits.csv would mean images were decoded)."""
     run = root / "run"
@@ -62,6 +80,10 @@ def _run_files(root: Path) -> int:
 
 
 CASES = [
+    Case("ctrl-c-during-run", "#22.9", "Ctrl-C during `medtl train`",
+         "exit 130; says the run is unfinished, what was kept and to add --resume (also in run.log); the trained "
+         "folds' models are kept", _train, 130, "--resume", good=_models_kept, expected_good=2, slow=True,
+         patch=_ctrl_c_after_training),
     Case("run-dir-unfinished", "#22.7", "`--out` holding an unfinished run (interrupted: model files, no marker)",
          "exit 2: says the run is unfinished and how to start clean; nothing is mixed into it",
          _unfinished, 2, "holds an unfinished run", good=lambda root: len(list((root / "run").rglob("*"))),

@@ -36,6 +36,8 @@ def _squash(text: str) -> str:
                                   for c in CASES])
 def test_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    if case.patch is not None:
+        case.patch(monkeypatch)
     argv = case.make(tmp_path)
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, argv)
     output = result.output
