@@ -11,6 +11,8 @@ A run directory holds::
     label_issues.csv       suspected label errors (an audit; the metrics keep the labels)
     model/                 fold*.safetensors + model.json (see :mod:`medtl.artifact`)
     report.html            the HTML report
+    model_card.md          the model card (``medtl card``; :mod:`medtl.report.card`), written after the run
+    export/                exported inference graphs (``medtl export``; :mod:`medtl.export`), after the run
     run.log                the log of the run
     complete.json          written last: the run finished; lists the files it wrote
 
@@ -49,6 +51,8 @@ MODEL_DIR = "model"
 MODEL_META = f"{MODEL_DIR}/model.json"
 STAGES = "stages"
 COMPLETE = "complete.json"
+MODEL_CARD = "model_card.md"
+EXPORT_DIR = "export"
 
 State = Literal["absent", "empty", "unfinished", "complete", "not_a_folder"]
 HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr"]
