@@ -64,12 +64,14 @@ class Settings:
     auc_tolerance: float = 0.05
     study: str = "experiments/studies/chest_xray_strategies.yaml"
     study_set: tuple[str, ...] = ()
+    serve_requests: int = 2000
+    serve_concurrency: int = 8
 
 
 PRESETS = {
     # (a)/(b) keep the issue's 10 epochs on all 253 images (feature extraction is cheap); (c)/(d) train
     # the whole network, so the quick suite uses 3 epochs (2 timed after the first) on 80 images per class.
-    "quick": Settings("quick", ft_epochs=3, ft_max_per_class=80),
+    "quick": Settings("quick", ft_epochs=3, ft_max_per_class=80, serve_requests=200),
     "full": Settings("full"),
 }
 
@@ -103,10 +105,16 @@ GOALS: dict[str, Goal | None] = {
     "study_seconds": None,  # the issue asks for the wall time, with no goal
     "frozen_forward_speedup": None,  # reported: what train.fast_inference buys
     "bf16_train_ratio": None,  # reported: decides train.precision 'auto' on CPU
+    "serve_p50_ms": None, "serve_p99_ms": None, "serve_rps": None,  # reported (issue 20)
+    "serve_errors": Goal("<=", 0, " requests"),
+    "serve_overhead_ratio": Goal(">=", 0.7, "×"),
+    "onnx_speedup": None, "int8_speedup": None, "int8_auc_change": None,  # reported
 }
 UNITS = {"fe_cache_speedup": "×", "cv_cache_ratio": "×", "cutoff_speedup": "×", "ft_throughput_ratio": "×",
          "demo_seconds": "s", "demo_peak_rss_gb": "GB (10^9 bytes)", "study_seconds": "s",
-         "frozen_forward_speedup": "×", "bf16_train_ratio": "×"}
+         "frozen_forward_speedup": "×", "bf16_train_ratio": "×", "serve_p50_ms": "ms", "serve_p99_ms": "ms",
+         "serve_rps": "requests/s", "serve_errors": "requests", "serve_overhead_ratio": "×", "onnx_speedup": "×",
+         "int8_speedup": "×", "int8_auc_change": "AUC"}
 
 
 def entry(key: str, value: float | None, **raw: Any) -> dict[str, Any]:
@@ -699,6 +707,19 @@ def _cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def plan_h(ctx: Context) -> dict:
+    from benchmarks import serving
+
+    return serving.plan(ctx)
+
+
+def measure_h(ctx: Context) -> dict[str, dict]:
+    """Serving (issue 20): exported graph speed, int8, and a bounded loopback load test (benchmarks/serving.py)."""
+    from benchmarks import serving
+
+    return serving.measure(ctx, fe_config(ctx, _HOLDOUT), _timed)
+
+
 # ---------------------------------------------------------------- the registry
 
 
@@ -725,6 +746,9 @@ BENCHMARKS = {b.letter: b for b in (
     Benchmark("f", "chest X-ray strategies study: wall time", ("study_seconds",), plan_f, measure_f),
     Benchmark("g", "fast paths: frozen forward traced vs eager; bf16 vs float32 training on CPU",
               ("frozen_forward_speedup", "bf16_train_ratio"), plan_g, measure_g),
+    Benchmark("h", "serving: exported graph (ONNX vs PyTorch, int8) and a loopback load test of medtl serve",
+              ("serve_p50_ms", "serve_p99_ms", "serve_rps", "serve_errors", "serve_overhead_ratio", "onnx_speedup",
+               "int8_speedup", "int8_auc_change"), plan_h, measure_h),
 )}
 ALL_KEYS = tuple(k for b in BENCHMARKS.values() for k in b.keys)
 

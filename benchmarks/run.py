@@ -2,13 +2,14 @@
 """medtl's performance suite: each figure is a ratio (or a wall time) measured in this one run.
 
     python benchmarks/run.py --quick                       # (a)-(d) on reduced settings, < 10 min on 2 cores
-    python benchmarks/run.py --out bench.json              # the full suite (a)-(g)
+    python benchmarks/run.py --out bench.json              # the full suite (a)-(h)
     python benchmarks/run.py --only a,b --markdown         # a Markdown table instead of JSON on stdout
     python benchmarks/run.py --from-json bench.json --markdown   # render a stored result again
     python benchmarks/run.py --dry-run                     # validate every config and command, measure nothing
 
 (a) fe_cache_speedup, (b) cv_cache_ratio, (c) cutoff_speedup, (d) ft_throughput_ratio,
-(e) demo_seconds + demo_peak_rss_gb, (f) study_seconds; what each measures and how: docs/performance.md.
+(e) demo_seconds + demo_peak_rss_gb, (f) study_seconds, (g) frozen_forward_speedup + bf16_train_ratio, (h) serve_*,
+onnx_speedup, int8_speedup, int8_auc_change; what each measures and how: docs/performance.md, (h): docs/serving.md.
 JSON (or Markdown) goes to stdout, progress to stderr. Exit status 1 when a benchmark failed (or,
 with --check, missed its goal). Measure on an otherwise idle machine: the JSON records the load
 average, and a busy CPU makes every ratio meaningless.
@@ -273,6 +274,20 @@ _RAW = {
     "demo_seconds": lambda e: f"{e['wall_seconds']:.0f} s wall",
     "demo_peak_rss_gb": lambda e: f"{e['peak_rss_bytes'] / 1e9:.2f} GB peak RSS",
     "study_seconds": lambda e: f"{e['cells_measured']} cells; peak RSS {e['peak_rss_gb']:.2f} GB",
+    "frozen_forward_speedup": lambda e: f"eager {e['eager_images_per_s']:.1f} vs traced {e['fast_images_per_s']:.1f} "
+                                        "img/s",
+    "bf16_train_ratio": lambda e: f"fp32 {e['float32_seconds']:.2f} s vs bf16 {e['bf16_seconds']:.2f} s",
+    **{k: lambda e: f"{e['load']['rps']:.1f} req/s, mean batch {e['load']['mean_batch'] or 0:.1f}, "
+                    f"{e['load']['errors']} errors" for k in ("serve_p50_ms", "serve_p99_ms", "serve_rps",
+                                                            "serve_errors")},
+    "serve_overhead_ratio": lambda e: f"served {e['load']['rps']:.1f} req/s vs in-process "
+                                      f"{e['in_process_images_per_s']:.1f} img/s (batch {e['in_process_batch']})",
+    "onnx_speedup": lambda e: f"onnxruntime {e['graphs']['images_per_s']['onnx_fp32']:.1f} vs PyTorch "
+                              f"{e['graphs']['images_per_s']['torch_eager']:.1f} img/s",
+    "int8_speedup": lambda e: f"int8 {e['graphs']['images_per_s']['onnx_int8']:.1f} vs fp32 "
+                              f"{e['graphs']['images_per_s']['onnx_fp32']:.1f} img/s",
+    "int8_auc_change": lambda e: f"AUC int8 {_num(e['graphs']['auc']['int8'])} vs fp32 "
+                                 f"{_num(e['graphs']['auc']['fp32'])}",
 }
 
 

@@ -510,6 +510,62 @@ def report(target: Annotated[Path, typer.Argument(help="A run directory or a stu
     _out().print(f"report written to {path}")
 
 
+@app.command()
+@handled
+def export(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+           fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default: RUN/export).")] = None,
+           quantize: Annotated[str | None, typer.Option(help="int8: also an onnxruntime-quantised graph.")] = None,
+           as_json: Annotated[bool, _JSON] = False) -> None:
+    """One inference graph (fold ensemble, test-time views, temperature) with its contract as metadata."""
+    from medtl.export import FORMATS, QUANTIZE, export_run
+
+    _choice(fmt, FORMATS, "--format")
+    if quantize is not None:
+        _choice(quantize, QUANTIZE, "--quantize")
+    _out_dir(out_dir, "--out")
+    result = export_run(run_dir, fmt, out_dir, quantize)
+    if as_json:
+        _print_json({"graph": result.graph, "contract": result.contract_file, "int8": result.int8,
+                     "seconds": result.seconds})
+        return
+    _out().print(f"exported to {result.graph} (contract: {result.contract_file})"
+                 + (f"; int8: {result.int8}" if result.int8 else ""))
+
+
+@app.command()
+@handled
+def serve(source: Annotated[Path, typer.Argument(help="A finished run directory, an export folder or a .onnx/.ts "
+                                                      "file.")],
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+          max_mb: Annotated[float, typer.Option(help="Largest request body in MiB.", min=0.001)] = 32.0,
+          max_batch: Annotated[int, typer.Option(help="Most images per forward pass.", min=1)] = 32,
+          max_wait_ms: Annotated[float, typer.Option(help="Wait for a batch to fill (ms).", min=0.0)] = 5.0,
+          threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.", min=1)] = None,
+          ) -> None:
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /metrics."""
+    from medtl.serve import ServeOptions, run_server
+
+    options = ServeOptions(max_bytes=int(max_mb * 2**20), max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           threads=threads)
+    run_server(source, host, port, options)
+
+
+@app.command()
+@handled
+def card(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+         as_json: Annotated[bool, _JSON] = False) -> None:
+    """Write the model card (RUN/model_card.md): use, data, protocol, metrics, calibration, lineage, shifts."""
+    from medtl.report.card import card_data, write_card
+
+    path = write_card(run_dir)
+    if as_json:
+        _print_json(card_data(run_dir))
+        return
+    _out().print(f"model card written to {path}")
+
+
 _CACHE_ROOT = typer.Option("--root", help="Activation cache folder (default: $MEDTL_CACHE/activations or "
                            "~/.cache/medtl/activations). The decoded-image cache is $MEDTL_CACHE/decoded.")
 

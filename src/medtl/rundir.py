@@ -14,6 +14,8 @@ A run directory holds::
                            the record of each finished member (``medtl train --resume`` continues from
                            them); removed when the run completes
     report.html            the HTML report
+    model_card.md          the model card (``medtl card``; :mod:`medtl.report.card`), written after the run
+    export/                exported inference graphs (``medtl export``; :mod:`medtl.export`), after the run
     run.log                the log of the run
     complete.json          written last: the run finished; lists the files it wrote
 
@@ -54,6 +56,8 @@ MODEL_META = f"{MODEL_DIR}/model.json"
 STAGES = "stages"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
+MODEL_CARD = "model_card.md"
+EXPORT_DIR = "export"
 
 State = Literal["absent", "empty", "unfinished", "complete", "not_a_folder"]
 HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr"]

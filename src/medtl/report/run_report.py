@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medtl import rundir
 from medtl.errors import DataError, MedtlError
 from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.calibration import apply_temperature, negative_log_likelihood, reliability_curve
@@ -78,7 +79,8 @@ def protocol_section(run: RunData) -> dict[str, Any]:
     ]
     if m.get("seconds") is not None:
         rows.append(("Run time", f"{float(m['seconds']) / 60:.1f} min"))
-    return {"rows": rows, "lineage": run.model.get("lineage") or []}
+    card = rundir.MODEL_CARD if (run.path / rundir.MODEL_CARD).is_file() else None  # relative: beside report.html
+    return {"rows": rows, "lineage": run.model.get("lineage") or [], "model_card": card}
 
 
 def _location(cfg: dict, m: dict) -> str:
