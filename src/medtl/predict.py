@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from medtl import artifact, rundir
-from medtl.config import DataConfig, EvaluateConfig
+from medtl.config import DataConfig, DicomConfig, EvaluateConfig
 from medtl.data.images import IMAGE_EXTENSIONS, find_image_files, open_image, to_array
 from medtl.data.sources import load_images, load_table
 from medtl.data.transforms import TTA_VIEWS
@@ -30,11 +31,16 @@ def expand_paths(paths: list[Path]) -> list[Path]:
     Raises:
         DataError: A path does not exist, or no image file was found (naming the folders and what they hold).
     """
+    from medtl.data.dicom import is_dicom_file
+
     out: list[Path] = []
     empty: list[str] = []
     for path in paths:
         if path.is_dir():
             images, others = find_image_files(path)
+            dicoms = [p for p in others if is_dicom_file(p)]
+            images = sorted([*images, *dicoms])
+            others = [p for p in others if p not in set(dicoms)]
             out.extend(images)
             if not images:
                 found = f"{len(others)} other files, e.g. {others[0].name}" if others else "no visible files"
@@ -45,7 +51,7 @@ def expand_paths(paths: list[Path]) -> list[Path]:
             raise DataError(f"{path}: no such file or folder")
     if not out:
         raise DataError(f"no image files to predict in {'; '.join(empty)}; images need one of the extensions "
-                        f"{' '.join(sorted(IMAGE_EXTENSIONS))} (hidden files are skipped)")
+                        f"{' '.join(sorted(IMAGE_EXTENSIONS))} or to be DICOM files (hidden files are skipped)")
     return out
 
 
@@ -63,9 +69,10 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
     rows, arrays, ok = [], [], []
     for path in files:
         try:
-            arrays.append(to_array(open_image(path), pre.image_size, pre.color, pre.resize, pre.crop))
-            ok.append(len(rows))
-            rows.append({"path": str(path), "error": ""})
+            for name, img in _decode_file(path, meta):
+                arrays.append(to_array(img, pre.image_size, pre.color, pre.resize, pre.crop))
+                ok.append(len(rows))
+                rows.append({"path": name, "error": ""})
         except DataError as exc:
             log.warning("%s", exc)
             rows.append({"path": str(path), "error": str(exc)})
@@ -77,6 +84,26 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[dict]:
         rows[row_index].update({f"prob_{n}": float(v) for n, v in zip(meta.class_names, p, strict=True)})
         rows[row_index]["pred"] = meta.class_names[_decide(p, meta)]
     return rows
+
+
+def _decode_file(path: Path, meta: artifact.ModelMeta) -> list[tuple[str, Image.Image]]:
+    """The images of one file: a picture, or every frame of a DICOM file rendered with the run's DICOM policy
+    (window, rescale and frame rules of ``data.dicom``; a multi-frame file gives ``path#frame=i`` rows).
+
+    Raises:
+        DataError: The file cannot be decoded (naming it and why).
+    """
+    from medtl.data.dicom import is_dicom_file, iter_frames
+
+    if not is_dicom_file(path):
+        return [(str(path), open_image(path))]
+    cfg = DicomConfig(**(meta.config.get("data", {}).get("dicom") or {}))
+    frames = [(f.index, f.image) for f in iter_frames(path, None, cfg)]
+    if not frames:
+        raise DataError(f"{path}: a DICOM file without frames; nothing to predict")
+    if len(frames) == 1:
+        return [(str(path), frames[0][1])]
+    return [(f"{path}#frame={i}", img) for i, img in frames]
 
 
 def _ensemble(folds: list[list], meta: artifact.ModelMeta, images: np.ndarray,

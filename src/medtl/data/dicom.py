@@ -119,6 +119,16 @@ def check_tag(keyword: str, key: str = "data.dicom.patient_tag") -> None:
         raise DataError(f"{key} '{keyword}' is not a DICOM attribute keyword.{suggestion}")
 
 
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def dicom_files(root: Path, exclude: set[Path] | None = None) -> list[Path]:
     """Every non-hidden file under ``root`` (recursive, sorted), except ``exclude`` (e.g. the labels CSV)."""
     exclude = {p.resolve() for p in exclude or set()}
