@@ -30,6 +30,7 @@ from medtl.evaluate.operating import OperatingChoice, calibrate, check_validatio
 from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train.device import resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
     FoldOutcome,
@@ -37,7 +38,6 @@ from medtl.train.fold import (
     PreparedData,
     build_model,
     member_seed,
-    resolve_device,
 )
 from medtl.transfer.freeze import count
 
