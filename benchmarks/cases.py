@@ -103,10 +103,14 @@ GOALS: dict[str, Goal | None] = {
     "study_seconds": None,  # the issue asks for the wall time, with no goal
     "frozen_forward_speedup": None,  # reported: what train.fast_inference buys
     "bf16_train_ratio": None,  # reported: decides train.precision 'auto' on CPU
+    "stream_rss_ratio": Goal("<=", 1.3, "×"),
+    "stream_throughput_ratio": Goal(">=", 0.9, "×"),
+    "study_parallel_ratio": None,  # reported: wall time with 2 workers / 1
 }
 UNITS = {"fe_cache_speedup": "×", "cv_cache_ratio": "×", "cutoff_speedup": "×", "ft_throughput_ratio": "×",
          "demo_seconds": "s", "demo_peak_rss_gb": "GB (10^9 bytes)", "study_seconds": "s",
-         "frozen_forward_speedup": "×", "bf16_train_ratio": "×"}
+         "frozen_forward_speedup": "×", "bf16_train_ratio": "×", "stream_rss_ratio": "×",
+         "stream_throughput_ratio": "×", "study_parallel_ratio": "×"}
 
 
 def entry(key: str, value: float | None, **raw: Any) -> dict[str, Any]:
@@ -702,6 +706,17 @@ def _cpu_flags() -> set[str]:
 # ---------------------------------------------------------------- the registry
 
 
+def _scale(name: str) -> Callable[[Context], Any]:
+    """A function of :mod:`benchmarks.scale`, imported when called (that module imports this one)."""
+
+    def call(ctx: Context) -> Any:
+        from benchmarks import scale
+
+        return getattr(scale, name)(ctx)
+
+    return call
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One lettered benchmark: the JSON keys it fills, what it will run, and the measurement."""
@@ -725,7 +740,13 @@ BENCHMARKS = {b.letter: b for b in (
     Benchmark("f", "chest X-ray strategies study: wall time", ("study_seconds",), plan_f, measure_f),
     Benchmark("g", "fast paths: frozen forward traced vs eager; bf16 vs float32 training on CPU",
               ("frozen_forward_speedup", "bf16_train_ratio"), plan_g, measure_g),
+    Benchmark("s", "streamed data: peak RSS 20,000 vs 2,000 images; fine-tune throughput disk vs memory",
+              ("stream_rss_ratio", "stream_throughput_ratio"), _scale("plan_s"), _scale("measure_s")),
+    Benchmark("w", "a 4-cell study on 2 worker processes vs 1: wall time", ("study_parallel_ratio",),
+              _scale("plan_w"), _scale("measure_w")),
 )}
+NAMES = {"stream": "s", "workers": "w"}
+"""``--only`` names for lettered benchmarks."""
 ALL_KEYS = tuple(k for b in BENCHMARKS.values() for k in b.keys)
 
 
