@@ -144,7 +144,9 @@ def test_cli_workers_and_scheduler(tmp_path: Path, logged: LoggedRun) -> None:
 
 
 @pytest.mark.slow
-def test_a_real_tiny_study_on_two_workers(brain_mri: Path, tmp_path: Path) -> None:
+def test_a_real_tiny_study_on_two_workers(brain_mri: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          one_torch_thread: None) -> None:
+    monkeypatch.setattr(study_mod.os, "cpu_count", lambda: 2)  # one torch thread per worker, as the serial run
     base = {"name": "tiny", "data": {"source": "folder", "root": str(brain_mri), "positive_class": "yes",
                                      "image_size": 32, "max_per_class": 12,
                                      "split": {"method": "kfold", "folds": 2, "seed": 0}},
