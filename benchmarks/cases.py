@@ -740,7 +740,8 @@ BENCHMARKS = {b.letter: b for b in (
     Benchmark("f", "chest X-ray strategies study: wall time", ("study_seconds",), plan_f, measure_f),
     Benchmark("g", "fast paths: frozen forward traced vs eager; bf16 vs float32 training on CPU",
               ("frozen_forward_speedup", "bf16_train_ratio"), plan_g, measure_g),
-    Benchmark("s", "streamed data: peak RSS 20,000 vs 2,000 images; fine-tune throughput disk vs memory",
+    Benchmark("s", "streamed data: peak RSS 10x the images (20,000 vs 2,000; quick 5,000 vs 500); fine-tune "
+              "throughput disk vs memory",
               ("stream_rss_ratio", "stream_throughput_ratio"), _scale("plan_s"), _scale("measure_s")),
     Benchmark("w", "a 4-cell study on 2 worker processes vs 1: wall time", ("study_parallel_ratio",),
               _scale("plan_w"), _scale("measure_w")),
