@@ -109,12 +109,16 @@ GOALS: dict[str, Goal | None] = {
     "serve_errors": Goal("<=", 0, " requests"),
     "serve_overhead_ratio": Goal(">=", 0.7, "×"),
     "onnx_speedup": None, "int8_speedup": None, "int8_auc_change": None,  # reported
+    "stream_rss_ratio": Goal("<=", 1.3, "×"),
+    "stream_throughput_ratio": Goal(">=", 0.9, "×"),
+    "study_parallel_ratio": None,  # reported: wall time with 2 workers / 1
 }
 UNITS = {"fe_cache_speedup": "×", "cv_cache_ratio": "×", "cutoff_speedup": "×", "ft_throughput_ratio": "×",
          "demo_seconds": "s", "demo_peak_rss_gb": "GB (10^9 bytes)", "study_seconds": "s",
          "frozen_forward_speedup": "×", "bf16_train_ratio": "×", "serve_p50_ms": "ms", "serve_p99_ms": "ms",
          "serve_rps": "requests/s", "serve_errors": "requests", "serve_overhead_ratio": "×", "onnx_speedup": "×",
-         "int8_speedup": "×", "int8_auc_change": "AUC"}
+         "int8_speedup": "×", "int8_auc_change": "AUC", "stream_rss_ratio": "×", "stream_throughput_ratio": "×",
+         "study_parallel_ratio": "×"}
 
 
 def entry(key: str, value: float | None, **raw: Any) -> dict[str, Any]:
@@ -723,6 +727,17 @@ def measure_h(ctx: Context) -> dict[str, dict]:
 # ---------------------------------------------------------------- the registry
 
 
+def _scale(name: str) -> Callable[[Context], Any]:
+    """A function of :mod:`benchmarks.scale`, imported when called (that module imports this one)."""
+
+    def call(ctx: Context) -> Any:
+        from benchmarks import scale
+
+        return getattr(scale, name)(ctx)
+
+    return call
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One lettered benchmark: the JSON keys it fills, what it will run, and the measurement."""
@@ -749,7 +764,14 @@ BENCHMARKS = {b.letter: b for b in (
     Benchmark("h", "serving: exported graph (ONNX vs PyTorch, int8) and a loopback load test of medtl serve",
               ("serve_p50_ms", "serve_p99_ms", "serve_rps", "serve_errors", "serve_overhead_ratio", "onnx_speedup",
                "int8_speedup", "int8_auc_change"), plan_h, measure_h),
+    Benchmark("s", "streamed data: peak RSS 10x the images (20,000 vs 2,000; quick 5,000 vs 500); fine-tune "
+              "throughput disk vs memory",
+              ("stream_rss_ratio", "stream_throughput_ratio"), _scale("plan_s"), _scale("measure_s")),
+    Benchmark("w", "a 4-cell study on 2 worker processes vs 1: wall time", ("study_parallel_ratio",),
+              _scale("plan_w"), _scale("measure_w")),
 )}
+NAMES = {"stream": "s", "workers": "w"}
+"""``--only`` names for lettered benchmarks."""
 ALL_KEYS = tuple(k for b in BENCHMARKS.values() for k in b.keys)
 
 

@@ -10,6 +10,8 @@
 (a) fe_cache_speedup, (b) cv_cache_ratio, (c) cutoff_speedup, (d) ft_throughput_ratio,
 (e) demo_seconds + demo_peak_rss_gb, (f) study_seconds, (g) frozen_forward_speedup + bf16_train_ratio, (h) serve_*,
 onnx_speedup, int8_speedup, int8_auc_change; what each measures and how: docs/performance.md, (h): docs/serving.md.
+(s) stream_rss_ratio + stream_throughput_ratio (``--only stream``), (w) study_parallel_ratio
+(``--only workers``): benchmarks/scale.py and docs/scaling.md.
 JSON (or Markdown) goes to stdout, progress to stderr. Exit status 1 when a benchmark failed (or,
 with --check, missed its goal). Measure on an otherwise idle machine: the JSON records the load
 average, and a busy CPU makes every ratio meaningless.
@@ -39,6 +41,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.cases import (  # noqa: E402  (the repository root must be importable first)
     ALL_KEYS,
     BENCHMARKS,
+    NAMES,
     PRESETS,
     Context,
     entry,
@@ -49,7 +52,7 @@ from benchmarks.cases import (  # noqa: E402  (the repository root must be impor
 log = logging.getLogger("benchmarks")
 
 SCHEMA_VERSION = 1
-QUICK_LETTERS = "abcd"
+QUICK_LETTERS = "abcdsw"
 
 
 # ---------------------------------------------------------------- command line
@@ -58,8 +61,9 @@ QUICK_LETTERS = "abcd"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="reduced settings, (a)-(d) only (< 10 min on 2 cores)")
-    p.add_argument("--only", help="comma-separated benchmark letters, e.g. a,b (default: a-g, or a-d with --quick)")
+    p.add_argument("--quick", action="store_true", help="reduced settings, (a)-(d), (s) and (w) only")
+    p.add_argument("--only", help="comma-separated benchmark letters, e.g. a,b, or names (stream = s, workers = w); "
+                                  "default: all, or a-d, s, w with --quick")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     p.add_argument("--data", type=Path, help="datasets folder (default: medtl.config.data_root(), i.e. $MEDTL_DATA)")
@@ -87,10 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _letters(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     if args.only is None:
         return QUICK_LETTERS if args.quick else "".join(BENCHMARKS)
-    letters = [x.strip().lower() for x in args.only.split(",") if x.strip()]
+    letters = [NAMES.get(x, x) for x in (x.strip().lower() for x in args.only.split(",")) if x]
     unknown = [x for x in letters if x not in BENCHMARKS]
     if unknown or not letters:
-        parser.error(f"--only {args.only!r}: use comma-separated letters from {', '.join(BENCHMARKS)}")
+        parser.error(f"--only {args.only!r}: use comma-separated letters from {', '.join(BENCHMARKS)} "
+                     f"(or the names {', '.join(f'{k} = {v}' for k, v in NAMES.items())})")
     return "".join(x for x in BENCHMARKS if x in letters)
 
 

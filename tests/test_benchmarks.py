@@ -52,8 +52,11 @@ def test_goals_and_met_flags() -> None:
 
 def test_only_selects_letters_and_rejects_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.parse_args(["--only", "b, a"]).letters == "ab"
-    assert run.parse_args(["--quick"]).letters == "abcd"
-    assert run.parse_args([]).letters == "abcdefgh"
+    assert run.parse_args(["--quick"]).letters == "abcdsw"
+    assert run.parse_args([]).letters == "abcdefghsw"
+    assert run.parse_args(["--only", "stream"]).letters == "s" == run.parse_args(["--only", "S"]).letters
+    assert cases.BENCHMARKS["s"].keys == ("stream_rss_ratio", "stream_throughput_ratio")
+    assert cases.BENCHMARKS["w"].keys == ("study_parallel_ratio",)
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "a,z"])
     assert "use comma-separated letters" in capsys.readouterr().err
@@ -256,3 +259,17 @@ def test_tiny_suite_a_to_d(brain_mri: Path, tmp_path: Path, capsys: pytest.Captu
     assert d["medtl_images_per_s"] > 0 and len(d["bare"]["epoch_seconds"]) == 2
     assert result["demo_seconds"]["value"] is None and "not selected" in result["demo_seconds"]["skipped"]
     assert "| (a) | `fe_cache_speedup`" in run.to_markdown(result)
+
+
+def test_stream_set_copies_are_unique_and_sized(tmp_path: Path, datasets: Path) -> None:
+    from PIL import Image
+
+    from benchmarks import scale
+
+    ctx = cases.Context(cases.PRESETS["quick"], datasets, tmp_path)
+    root = scale.stream_set(ctx, 30, 64)
+    files = sorted(root.glob("*/*.png"))
+    assert len(files) == 30 and {p.parent.name for p in files} <= {"NORMAL", "PNEUMONIA"}
+    assert {Image.open(p).size for p in files} == {(64, 64)}
+    assert len({p.read_bytes() for p in files}) == 30
+    assert scale.stream_set(ctx, 30, 64) == root  # built once

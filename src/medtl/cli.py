@@ -341,13 +341,20 @@ def study(study_file: Annotated[Path, typer.Argument(help="Study YAML (base expe
           only: Annotated[list[str] | None, typer.Option("--only", help="Run only this cell (repeatable).")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; run nothing.")]
           = False,
-          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+          workers: Annotated[int, typer.Option("--workers", min=1, help="Cells run at once as local processes "
+                                               "(with --scheduler: Dask tasks; default one per Dask worker).")]
+          = 1,
+          scheduler: Annotated[str | None, typer.Option("--scheduler", "--dask", help="Run the cells on a Dask "
+                                                        "cluster: dask://HOST:PORT of its scheduler.")]
+          = None) -> None:
     """Run a grid of experiments (resuming finished cells) and compare them; exit 1 if a cell failed."""
     from medtl.study import load_study, plan_table, run_study, study_table
 
     _out_dir(out_dir, "--out")
     spec = load_study(study_file, overrides or [])
-    result = run_study(spec, out_dir, progress=not quiet, only=only, dry_run=dry_run)
+    result = run_study(spec, out_dir, progress=not quiet, only=only, dry_run=dry_run, workers=workers,
+                       scheduler=scheduler)
     if dry_run:
         _out().print(plan_table(result))
         return

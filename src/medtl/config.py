@@ -222,6 +222,10 @@ class DataConfig(StrictModel):
     # Decoded images are kept (memory + `$MEDTL_CACHE/decoded`) and reused by later runs and study cells;
     # false decodes every file (medtl.data.decoded_cache; folder and csv sources).
     cache: bool = True
+    # Where decoded images live: one in-RAM array (memory), or a read-only memory-mapped file filled chunk by
+    # chunk (disk: RSS does not grow with the number of images); auto = memory up to 2 GiB decoded
+    # ($MEDTL_STORAGE_MEMORY_GB), disk above (medtl.data.storage).
+    storage: Literal["auto", "memory", "disk"] = "auto"
 
     @model_validator(mode="after")
     def _source_has_location(self) -> DataConfig:

@@ -214,7 +214,7 @@ def _predict_dataset(run_dir: Path, meta: artifact.ModelMeta, data: DataConfig):
     samples = loaded.table.samples
     keep = [i for i, s in enumerate(samples) if s.split == "test"] or list(range(len(samples)))
     models, _ = artifact.load_fold_models(run_dir)
-    probs = _ensemble(list(models.values()), meta, loaded.images[keep])
+    probs = _ensemble(list(models.values()), meta, loaded.images, np.asarray(keep, dtype=np.int64))
     labels = np.array([samples[i].label for i in keep])
     groups = np.array([samples[i].patient or loaded.hashes[i] for i in keep], dtype=object)
     return labels, probs, groups

@@ -36,9 +36,11 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,7 +517,8 @@ def _reuse_cell(cell: Cell, source: Path, cell_dir: Path) -> None:
 
 
 def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = True,
-              only: list[str] | None = None, dry_run: bool = False) -> StudyResult:
+              only: list[str] | None = None, dry_run: bool = False, workers: int = 1,
+              scheduler: str | None = None) -> StudyResult:
     """Run every cell of ``study`` that is not done yet, then compare the finished cells.
 
     Args:
@@ -524,6 +527,9 @@ def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = 
         progress: Show a progress bar over cells (and each run's own bars).
         only: Run only these cells (the others keep their state).
         dry_run: Only report which cells are done and which would run; write nothing.
+        workers: Cells run at once as local processes (:mod:`medtl.study_workers`); 1 runs them here.
+        scheduler: A Dask scheduler address (``dask://HOST:PORT``): the cells run on that cluster
+            (``workers`` tasks, default one per Dask worker).
 
     Returns:
         The result; ``failed`` names the cells that failed (the study goes on past them).
@@ -548,6 +554,10 @@ def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = 
     # No study-wide rich Live display around the cells: Lightning's RichProgressBar pops the global
     # console's live stack when a fit starts, which would remove an enclosing display and make it fail
     # on exit (IndexError from rich). Each cell's steps show their own bars; the study logs its place.
+    if workers > 1 or scheduler:
+        _run_on_workers(study, out, todo, workers, scheduler)
+        result.ran = [c.name for c in todo]
+        todo = []
     started = time.perf_counter()
     for i, cell in enumerate(todo, 1):
         source = find_reusable(cell, study.reuse)
@@ -556,7 +566,7 @@ def run_study(study: Study, out_dir: str | Path | None = None, progress: bool = 
         else:
             log.info("cell %d/%d %s: running (study %s, %s elapsed)", i, len(todo), cell.name, study.name,
                      _elapsed(time.perf_counter() - started))
-            _run_cell(cell, out / "cells" / cell.name, progress)
+            run_cell(cell, out / "cells" / cell.name, progress)
         result.ran.append(cell.name)
         write_state(study, out)
     result.rows = write_comparison(study, out)
@@ -570,9 +580,48 @@ def _elapsed(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def _run_cell(cell: Cell, cell_dir: Path, progress: bool) -> None:
-    """Run one cell, continuing its unfinished run when it has the same config; a failure is recorded on
-    the cell, not raised."""
+def _run_on_workers(study: Study, out: Path, todo: list[Cell], workers: int,
+                    scheduler: str | None) -> None:
+    """Run ``todo`` on local worker processes or a Dask cluster (:mod:`medtl.study_workers`); set their status.
+
+    Cells identical to a finished cell of a ``reuse`` study are copied here first, as in a serial run.
+    """
+    from medtl import study_workers as sw
+
+    address = sw.dask_address(scheduler) if scheduler else None
+    names: list[str] = []
+    for cell in todo:
+        source = find_reusable(cell, study.reuse)
+        if source is not None:
+            _reuse_cell(cell, source, out / "cells" / cell.name)
+        else:
+            names.append(cell.name)
+    token = sw.new_token()
+    threads = max(1, (os.cpu_count() or 1) // workers) if address is None else None
+    # no progress bars in the workers: several processes drawing on one terminal garble each other
+    plan = sw.WorkPlan(study, out, tuple(names), False, run_experiment, token, threads,
+                       logging.getLogger("medtl").getEffectiveLevel())
+    log.info("study %s: %d cell(s) on %s", study.name, len(names),
+             f"the Dask cluster {address}" if address else f"{workers} local worker processes")
+    if names and address:
+        sw.run_dask(plan, address, workers if workers > 1 else None)
+    elif names:
+        sw.run_local(plan, workers)
+    sw.settle_statuses(study, out, names, token)
+    write_state(study, out)
+
+
+def run_cell(cell: Cell, cell_dir: Path, progress: bool, runner: Callable[..., dict] | None = None) -> None:
+    """Run one cell, continuing its unfinished run when it has the same config; a failure is recorded on the
+    cell, not raised.
+
+    Args:
+        cell: The cell.
+        cell_dir: Its run directory (an outdated one is removed first; an unfinished one of the same config
+            is continued).
+        progress: Progress bars in the run.
+        runner: Runs the experiment (default :func:`medtl.experiment.run_experiment`).
+    """
     stored = cell_dir / rundir.CONFIG
     same = stored.is_file() and stored.read_text() == dump_config(cell.config)
     if cell_dir.exists() and not same:
@@ -582,7 +631,7 @@ def _run_cell(cell: Cell, cell_dir: Path, progress: bool) -> None:
         log.info("cell %s: continuing its unfinished run", cell.name)
     started = time.perf_counter()
     try:
-        metrics = run_experiment(cell.config, cell_dir, progress=progress, resume=True)
+        metrics = (runner or run_experiment)(cell.config, cell_dir, progress=progress, resume=True)
     except RunInterrupted:
         raise  # Ctrl-C stops the study; the cell stays unfinished and is re-run next time
     except Exception as exc:  # one failed cell must not stop the study: record it (and its traceback) and go on

@@ -224,12 +224,17 @@ class DecodedCache:
 
     @classmethod
     def for_config(cls, cfg: DataConfig) -> DecodedCache | None:
-        """The cache for ``cfg`` under the current environment; None when ``data.cache`` is false."""
+        """The cache for ``cfg`` under the current environment; None when ``data.cache`` is false.
+
+        With ``data.storage: disk`` the memory tier is not used: a set streamed to disk must not
+        collect its decoded images in RAM after all.
+        """
         if not cfg.cache:
             return None
         shape = (cfg.image_size, cfg.image_size, 1 if cfg.color == "grayscale" else 3)
         root = default_root() if disk_enabled() else None
-        return cls(policy_key(cfg), shape, root, memory_limit(), disk_limit())
+        memory = 0 if cfg.storage == "disk" else memory_limit()
+        return cls(policy_key(cfg), shape, root, memory, disk_limit())
 
     def fetch(self, path: str, decode: Callable[[], Decoded | str]) -> Decoded | str:
         """The cached result for the file at ``path``, else ``decode()``'s (stored when it succeeded).

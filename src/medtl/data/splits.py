@@ -28,6 +28,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medtl.config import SplitConfig
 from medtl.data.samples import Sample, SampleTable
+from medtl.data.storage import take
 from medtl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``splits.csv``; ``meta`` is ``Sample.meta`` as JSON (DICOM study/series/view/slice), else empty."""
 _MAX_LISTED = 5
+_HASH_BATCH = 256  # images read at once for perceptual hashing
 
 
 @dataclass
@@ -556,11 +558,17 @@ def near_duplicate_links(images: np.ndarray, distance: int) -> list[tuple[int, i
 
     # Near-blank images (empty slices at the ends of a CT or tomosynthesis volume) all share one
     # hash; linking them would chain unrelated patients together, so they are left out.
-    keep = [i for i, img in enumerate(images) if float(img.std()) >= 2.0]
+    keep: list[int] = []
+    hashes: list[np.ndarray] = []
+    for start in range(0, len(images), _HASH_BATCH):  # batch by batch: a memmap store is never read whole
+        batch = take(images, slice(start, start + _HASH_BATCH))
+        for offset, img in enumerate(batch):
+            if float(img.std()) >= 2.0:
+                keep.append(start + offset)
+                hashes.append(imagehash.phash(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img))
+                              .hash.reshape(-1))
     if len(keep) < 2:
         return []
-    hashes = [imagehash.phash(Image.fromarray(images[i][..., 0] if images[i].shape[-1] == 1 else images[i]))
-              .hash.reshape(-1) for i in keep]
     pairs = [(keep[a], keep[b]) for a, b in close_pairs(np.packbits(np.stack(hashes).astype(bool), axis=1),
                                                         distance)]
     logger.info("%d near-duplicate image pairs (perceptual hash distance <= %d) kept in one group each",

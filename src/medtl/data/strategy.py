@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from medtl.config import AugmentConfig, DataConfig, StrategyConfig
 from medtl.data.samples import Sample
 from medtl.data.splits import Fold
+from medtl.data.storage import take_one
 from medtl.data.transforms import ImageArrayDataset, build_augment
 from medtl.errors import DataError
 
@@ -270,7 +271,7 @@ def expand_training(
     pipeline = build_augment(augment)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        made = [_augment_one(images[i], pipeline) for i in source]
+        made = [_augment_one(take_one(images, i), pipeline) for i in source]
     shape = (0, *images.shape[1:])
     out = ExpandedTrain(np.stack(made) if made else np.zeros(shape, np.uint8), labels[source],
                         [groups[i] for i in source], source)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from medtl.config import AugmentConfig
+from medtl.data.storage import take_one
 
 
 def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
@@ -81,7 +82,7 @@ class Normalizer:
 
 
 class ImageArrayDataset(Dataset):
-    """Items ``(uint8 CHW tensor, label)`` from an in-memory uint8 array, augmented when asked."""
+    """Items ``(uint8 CHW tensor, label)`` from a uint8 array (in RAM or a memmap), augmented when asked."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
                  augment: v2.Compose | None = None) -> None:
@@ -95,7 +96,7 @@ class ImageArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         idx = self.indices[i]
-        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(2, 0, 1)
+        x = torch.from_numpy(np.ascontiguousarray(take_one(self.images, idx))).permute(2, 0, 1)
         if self.augment is not None:
             x = self.augment(x)
         return x, int(self.labels[idx])

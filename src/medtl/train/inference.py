@@ -9,6 +9,7 @@ import torch
 from rich.progress import track
 from torch import nn
 
+from medtl.data.storage import take
 from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
 from medtl.models.fast import FastForward
 
@@ -19,7 +20,7 @@ def _batches(images: np.ndarray, indices: np.ndarray, batch_size: int, label: st
     if label is not None and len(starts) > 1:
         starts = track(starts, description=label, transient=True)
     for start in starts:
-        chunk = images[indices[start:start + batch_size]]
+        chunk = take(images, indices[start:start + batch_size])  # a memmap's pages are released after the copy
         yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
 
 

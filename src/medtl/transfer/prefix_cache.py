@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medtl.config import AugmentConfig, TransferConfig
+from medtl.data.storage import take
 from medtl.data.transforms import TTA_VIEWS, Normalizer, tta_view
 from medtl.errors import ConfigError, MedtlError
 from medtl.models.cuts import check_cut_point, cut_points, walk
@@ -255,7 +256,7 @@ def images_sha256(images: np.ndarray, indices: np.ndarray, chunk: int = 256) -> 
     """SHA-256 of ``images[indices]`` (shape, dtype, bytes, in order)."""
     digest = hashlib.sha256(f"{images.shape[1:]}|{images.dtype.str}|{len(indices)}|".encode())
     for start in range(0, len(indices), chunk):
-        digest.update(np.ascontiguousarray(images[indices[start:start + chunk]]).tobytes())
+        digest.update(np.ascontiguousarray(take(images, indices[start:start + chunk])).tobytes())
     return digest.hexdigest()
 
 
@@ -543,7 +544,7 @@ def view_seed(seed: int, view: int, index: int) -> int:
 def view_images(images: np.ndarray, indices: np.ndarray, view: View, augment: Callable | None,
                 seed: int) -> torch.Tensor:
     """``(B, C, H, W)`` pixel images of ``view``: augmented per image with a fixed seed, or a test-time view."""
-    x = torch.from_numpy(np.ascontiguousarray(images[indices])).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(take(images, indices))).permute(0, 3, 1, 2)
     if view in TEST_VIEWS:
         return tta_view(x, view)
     if not _augmented_view(view):

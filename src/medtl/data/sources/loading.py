@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.progress import track
 
 from medtl.config import DataConfig
 from medtl.data.images import carries_color
 from medtl.data.samples import MAX_LISTED, LoadedImages, Sample, SampleTable
 from medtl.data.sources.base import DataSource, Result, get_source
+from medtl.data.storage import DiskStore, choose_storage, chunk_size
 from medtl.data.strategy import apply_strategy
 from medtl.errors import DataError
 
@@ -139,7 +141,8 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
         table: Samples from :func:`load_table`.
         cfg: The ``data`` block (``image_size``, ``color`` — ``auto`` is decided from the data —, ``resize``,
             ``crop``, ``max_bad_fraction``, ``cache``: files of ``folder`` and ``csv`` sources go through
-            :mod:`medtl.data.decoded_cache`).
+            :mod:`medtl.data.decoded_cache`; ``storage``: ``disk`` streams the decoded images into a
+            read-only memmap chunk by chunk, see :mod:`medtl.data.storage`).
         progress: Show a progress bar.
 
     Returns:
@@ -150,7 +153,11 @@ def load_images(table: SampleTable, cfg: DataConfig, progress: bool = True) -> L
     """
     source = get_source(table.source)
     color = resolve_color(source, table, cfg)
-    concrete = cfg if cfg.color == color else cfg.model_copy(update={"color": color})
+    shape = (cfg.image_size, cfg.image_size, 1 if color == "grayscale" else 3)
+    storage = choose_storage(cfg.storage, len(table.samples), shape)
+    concrete = cfg.model_copy(update={"color": color, "storage": storage})
+    if storage == "disk":
+        return _stream_to_disk(source, table, concrete, shape, progress)
     results = source.decode_all(table, concrete, progress)
     return _assemble(table, results, concrete)
 
@@ -184,12 +191,40 @@ def resolve_color(source: DataSource, table: SampleTable, cfg: DataConfig) -> st
     return color
 
 
-def _assemble(table: SampleTable, results: list[Result], cfg: DataConfig) -> LoadedImages:
+def _stream_to_disk(source: DataSource, table: SampleTable, cfg: DataConfig, shape: tuple[int, int, int],
+                    progress: bool) -> LoadedImages:
+    """Decode ``table`` one chunk at a time into a :class:`~medtl.data.storage.DiskStore` (never all in RAM)."""
+    step = chunk_size(shape)
+    store = DiskStore(len(table.samples), shape)
     kept: list[Sample] = []
-    arrays: list[np.ndarray] = []
     hashes: list[str] = []
     bad: list[tuple[str, str]] = list(table.bad)
-    for sample, result in zip(table.samples, results, strict=True):
+    starts = range(0, len(table.samples), step)
+    try:
+        for start in track(starts, description="decoding images to disk", disable=not progress or len(starts) < 2,
+                           transient=True):
+            chunk = replace(table, samples=table.samples[start:start + step])
+            results = source.decode_all(chunk, cfg, False)
+            arrays, chunk_kept, chunk_hashes = _split_results(chunk.samples, results, bad)
+            store.append(arrays)
+            kept += chunk_kept
+            hashes += chunk_hashes
+        _check_bad(bad, len(table.samples) + len(table.bad), cfg.max_bad_fraction, table.location)
+    except BaseException:
+        store.abort()
+        raise
+    images = store.finish()
+    has_patients = any(s.patient is not None for s in kept)
+    return LoadedImages(replace(table, samples=kept, has_patients=has_patients), images, hashes, bad, cfg.color)
+
+
+def _split_results(samples: list[Sample], results: list[Result],
+                   bad: list[tuple[str, str]]) -> tuple[list[np.ndarray], list[Sample], list[str]]:
+    """Arrays, samples and hashes of the decoded results; failures are logged and appended to ``bad``."""
+    arrays: list[np.ndarray] = []
+    kept: list[Sample] = []
+    hashes: list[str] = []
+    for sample, result in zip(samples, results, strict=True):
         if isinstance(result, str):
             logger.warning("skipping %s: %s", sample.id, result)
             bad.append((sample.id, result))
@@ -197,6 +232,12 @@ def _assemble(table: SampleTable, results: list[Result], cfg: DataConfig) -> Loa
         kept.append(sample)
         arrays.append(result[0])
         hashes.append(result[1])
+    return arrays, kept, hashes
+
+
+def _assemble(table: SampleTable, results: list[Result], cfg: DataConfig) -> LoadedImages:
+    bad: list[tuple[str, str]] = list(table.bad)
+    arrays, kept, hashes = _split_results(table.samples, results, bad)
     _check_bad(bad, len(table.samples) + len(table.bad), cfg.max_bad_fraction, table.location)
     channels = 1 if cfg.color == "grayscale" else 3
     empty = np.zeros((0, cfg.image_size, cfg.image_size, channels), dtype=np.uint8)
