@@ -37,7 +37,7 @@ class LoggedRun(FakeRun):
         self.seconds = seconds
         self.die_in = die_in
 
-    def __call__(self, cfg, out_dir: Path, progress: bool = True) -> dict:
+    def __call__(self, cfg, out_dir: Path, progress: bool = True, resume: bool = False) -> dict:
         name = Path(out_dir).name
         with open(self.log_file, "a") as fh:
             fh.write(f"{name} {os.getpid()}\n")
