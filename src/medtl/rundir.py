@@ -333,12 +333,17 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], ensemble: bool) -> 
 
 
 class Checkpoints:
-    """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`)."""
+    """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`).
 
-    def __init__(self, run_dir: Path, ensemble: bool = False) -> None:
+    ``writes=False``: a reader only (the other processes of a multi-process run read what rank 0 keeps;
+    recording and the live history are rank 0's).
+    """
+
+    def __init__(self, run_dir: Path, ensemble: bool = False, writes: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / CHECKPOINTS
         self.ensemble = ensemble
+        self.writes = writes
 
     def _stem(self, fold: int, member: int) -> str:
         return f"fold{fold}-m{member}"
@@ -361,6 +366,8 @@ class Checkpoints:
 
     def record(self, fold: int, member: int, file: str, result: Any, test: np.ndarray, val: np.ndarray) -> None:
         """Keep a finished member (predictions first, then the record, which marks it finished)."""
+        if not self.writes:
+            return
         stem = self._stem(fold, member)
         with atomic_path(self.root / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, test=test, val=val)
@@ -371,6 +378,8 @@ class Checkpoints:
 
     def live_history(self, fold: int, member: int, rows: list[dict[str, Any]]) -> None:
         """Rewrite ``history.csv``: every finished member's epochs, then the member in training's so far."""
+        if not self.writes:
+            return
         done = []
         for meta in self.root.glob("fold*-m*.json"):
             f, m = (int(x) for x in meta.stem.removeprefix("fold").split("-m"))

@@ -37,6 +37,7 @@ from medtl.errors import MedtlError, TrainingError
 from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train.distributed import is_rank_zero
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer import prefix_cache as pc
@@ -238,6 +239,8 @@ class FoldTrainer:
         state = getattr(exc, "last_good", None)
         if not state:
             return "no epoch had finished, so there is no checkpoint to keep"
+        if not is_rank_zero():
+            return f"rank 0 keeps the weights of the last good epoch in {self.out_dir / 'model'}"
         path = self.out_dir / "model" / f"fold{fold.index}.last_good.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
