@@ -1,6 +1,6 @@
 """One :func:`medtl.train.engine.fit` of a tiny classifier, run as a script by tests/train/test_ddp.py.
 
-    python ddp_fit_script.py OUT_DIR DEVICES [NUM_NODES]
+    python ddp_fit_script.py OUT_DIR DEVICES [NUM_NODES [DEVICE]]
 
 With DEVICES > 1 (or NUM_NODES > 1) the fit uses ``train.strategy: ddp`` on CPU (gloo) and Lightning's
 launcher re-executes this script once per extra process. Each process writes ``rank<r>.json``: the
@@ -14,11 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import lightning as L
 import medtl.train.engine as engine
 from medtl.config import TrainConfig
 from medtl.train import distributed
@@ -59,7 +59,7 @@ def blobs(n: int, offset: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.cat([torch.arange(offset, offset + n).float()[:, None], x], 1), y)
 
 
-def main(out: Path, devices: int, num_nodes: int) -> None:
+def main(out: Path, devices: int, num_nodes: int, device: str) -> None:
     gathered: list[list[int]] = []
     plain = engine.gather_unique
 
@@ -69,7 +69,7 @@ def main(out: Path, devices: int, num_nodes: int) -> None:
         return joined
 
     engine.gather_unique = recorded  # records what the module gathers; the computation is the library's
-    cfg = TrainConfig(optimizer="sgd", lr=0.1, batch_size=4, epochs=3, device="cpu", num_workers=0, progress=False,
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, batch_size=4, epochs=3, device=device, num_workers=0, progress=False,
                       scheduler="constant", warmup_epochs=0.0, devices=devices, num_nodes=num_nodes,
                       strategy="ddp" if devices * num_nodes > 1 else "auto",
                       )
@@ -85,4 +85,5 @@ def main(out: Path, devices: int, num_nodes: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    args = sys.argv[1:]
+    main(Path(args[0]), int(args[1]), int(args[2]) if len(args) > 2 else 1, args[3] if len(args) > 3 else "cpu")
