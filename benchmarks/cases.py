@@ -103,10 +103,11 @@ GOALS: dict[str, Goal | None] = {
     "study_seconds": None,  # the issue asks for the wall time, with no goal
     "frozen_forward_speedup": None,  # reported: what train.fast_inference buys
     "bf16_train_ratio": None,  # reported: decides train.precision 'auto' on CPU
+    "ddp_cpu_scaling": None,  # reported: on 2 cores the cost of a second process, not a speed-up
 }
 UNITS = {"fe_cache_speedup": "×", "cv_cache_ratio": "×", "cutoff_speedup": "×", "ft_throughput_ratio": "×",
          "demo_seconds": "s", "demo_peak_rss_gb": "GB (10^9 bytes)", "study_seconds": "s",
-         "frozen_forward_speedup": "×", "bf16_train_ratio": "×"}
+         "frozen_forward_speedup": "×", "bf16_train_ratio": "×", "ddp_cpu_scaling": "×"}
 
 
 def entry(key: str, value: float | None, **raw: Any) -> dict[str, Any]:
@@ -699,6 +700,71 @@ def _cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+# ---------------------------------------------------------------- (h) two CPU processes (DDP) vs one
+
+
+_DDP_PROCESSES = (1, 2)
+
+
+def _ddp_yaml(ctx: Context, processes: int) -> dict:
+    """The fine-tuning recipe of (c)/(d), full network, one holdout fold; ``processes`` gloo processes."""
+    tree = ft_config(ctx, None, False).model_dump(mode="json")
+    tree["name"] = f"bench-ddp-{processes}"
+    if processes > 1:
+        tree["train"] |= {"strategy": "ddp", "devices": processes}
+    return tree
+
+
+def plan_h(ctx: Context) -> dict:
+    for n in _DDP_PROCESSES:
+        ctx.config(f"bench-ddp-{n}", _ddp_yaml(ctx, n))
+    return {"medtl": describe(ft_config(ctx, None, False)), "processes": list(_DDP_PROCESSES),
+            "command": [medtl_executable(), "train", "<tmp>/exp.yaml", "--out", "<tmp>/run", "--quiet"],
+            "threads_per_process": "usable CPUs ÷ processes"}
+
+
+def _log_epoch_ends(run_log: Path) -> list[float]:
+    """Times of the ``epoch N:`` records in a run.log (rank 0's)."""
+    from datetime import datetime
+
+    ends = []
+    for line in run_log.read_text().splitlines():
+        if " medtl.train.engine: epoch " in line:
+            ends.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return ends
+
+
+def measure_h(ctx: Context) -> dict[str, dict]:
+    """Training images/s of the same run (same global batch) in 2 CPU processes ÷ in 1."""
+    plan_h(ctx)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    sides = {}
+    for n in _DDP_PROCESSES:
+        folder = ctx.work / f"ddp-{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "exp.yaml").write_text(json.dumps(_ddp_yaml(ctx, n)))  # JSON is YAML
+        threads = str(max(1, cpus // n))
+        env = ctx.child_env("cache-h") | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        cmd = [medtl_executable(), "train", str(folder / "exp.yaml"), "--out", str(folder / "run"), "--quiet"]
+        m = run_measured(cmd, env, folder / "train.log")
+        if m.returncode != 0:
+            raise BenchmarkError(f"`medtl train` with {n} process(es) exited with {m.returncode}:\n{m.log_tail}")
+        ends = _log_epoch_ends(folder / "run" / "run.log")
+        if len(ends) < 2:
+            raise BenchmarkError(f"{folder / 'run' / 'run.log'}: fewer than 2 epochs logged; use --ft-epochs 2 or more")
+        sides[n] = {"steady_epoch_seconds": float(np.median(np.diff(ends))), "epoch_seconds": np.diff(ends).tolist(),
+                    "wall_seconds": m.seconds, "threads_per_process": int(threads)}
+    n_train = len(ctx.prepared(ft_config(ctx, None, False))[1].folds[0].train)
+    ips = {n: n_train / side["steady_epoch_seconds"] for n, side in sides.items()}
+    return {"ddp_cpu_scaling": entry(
+        "ddp_cpu_scaling", ips[2] / ips[1], images_per_s={str(n): v for n, v in ips.items()},
+        sides={str(n): v for n, v in sides.items()}, training_images=n_train, settings=plan_h(ctx),
+        how="`medtl train` of the full fine-tuning recipe (one holdout fold, the same global train.batch_size) in "
+            "1 process and with train.strategy ddp, train.devices 2 (gloo); training images / steady-state epoch "
+            "seconds (median gap between rank 0's end-of-epoch records, epochs 2..N); ratio 2 processes / 1.")}
+
+
 # ---------------------------------------------------------------- the registry
 
 
@@ -725,6 +791,8 @@ BENCHMARKS = {b.letter: b for b in (
     Benchmark("f", "chest X-ray strategies study: wall time", ("study_seconds",), plan_f, measure_f),
     Benchmark("g", "fast paths: frozen forward traced vs eager; bf16 vs float32 training on CPU",
               ("frozen_forward_speedup", "bf16_train_ratio"), plan_g, measure_g),
+    Benchmark("h", "2 CPU processes (DDP, gloo) vs 1 on the same global batch: training images/s",
+              ("ddp_cpu_scaling",), plan_h, measure_h),
 )}
 ALL_KEYS = tuple(k for b in BENCHMARKS.values() for k in b.keys)
 

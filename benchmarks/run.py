@@ -2,13 +2,14 @@
 """medtl's performance suite: each figure is a ratio (or a wall time) measured in this one run.
 
     python benchmarks/run.py --quick                       # (a)-(d) on reduced settings, < 10 min on 2 cores
-    python benchmarks/run.py --out bench.json              # the full suite (a)-(g)
+    python benchmarks/run.py --out bench.json              # the full suite (a)-(h)
     python benchmarks/run.py --only a,b --markdown         # a Markdown table instead of JSON on stdout
     python benchmarks/run.py --from-json bench.json --markdown   # render a stored result again
     python benchmarks/run.py --dry-run                     # validate every config and command, measure nothing
 
 (a) fe_cache_speedup, (b) cv_cache_ratio, (c) cutoff_speedup, (d) ft_throughput_ratio,
-(e) demo_seconds + demo_peak_rss_gb, (f) study_seconds; what each measures and how: docs/performance.md.
+(e) demo_seconds + demo_peak_rss_gb, (f) study_seconds, (g) frozen_forward_speedup + bf16_train_ratio,
+(h) ddp_cpu_scaling; what each measures and how: docs/performance.md (h: docs/scaling_ddp.md).
 JSON (or Markdown) goes to stdout, progress to stderr. Exit status 1 when a benchmark failed (or,
 with --check, missed its goal). Measure on an otherwise idle machine: the JSON records the load
 average, and a busy CPU makes every ratio meaningless.

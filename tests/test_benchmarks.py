@@ -53,7 +53,7 @@ def test_goals_and_met_flags() -> None:
 def test_only_selects_letters_and_rejects_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.parse_args(["--only", "b, a"]).letters == "ab"
     assert run.parse_args(["--quick"]).letters == "abcd"
-    assert run.parse_args([]).letters == "abcdefg"
+    assert run.parse_args([]).letters == "abcdefgh"
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "a,z"])
     assert "use comma-separated letters" in capsys.readouterr().err

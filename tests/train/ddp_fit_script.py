@@ -79,7 +79,8 @@ def main(out: Path, devices: int, num_nodes: int, device: str) -> None:
     result = engine.fit(module, blobs(N_TRAIN, 0, 1), blobs(N_VAL, 1000, 2), cfg, seed=0, progress=False,
                         callbacks=[seen])
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    record = {"rank": rank, "rank_zero": distributed.is_rank_zero(), "train": seen.epochs, "val": gathered,
+    record = {"n_train": N_TRAIN, "n_val": N_VAL,
+              "rank": rank, "rank_zero": distributed.is_rank_zero(), "train": seen.epochs, "val": gathered,
               "history": result.history, "best_epoch": result.best_epoch}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 

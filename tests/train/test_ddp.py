@@ -163,18 +163,17 @@ def fit_records(out: Path, devices: int, num_nodes: int = 1) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_read_every_image_each_epoch_and_validate_each_image_once(tmp_path: Path) -> None:
-    from ddp_fit_script import N_TRAIN, N_VAL  # noqa: PLC0415  (beside this file)
-
     [one] = fit_records(tmp_path / "one", 1)
     two = fit_records(tmp_path / "two", 2)
+    n_train, n_val = one["n_train"], one["n_val"]
     assert [r["rank"] for r in two] == [0, 1] and [r["rank_zero"] for r in two] == [True, False]
     for epoch in range(3):
-        assert sorted(one["train"][epoch]) == list(range(N_TRAIN))
+        assert sorted(one["train"][epoch]) == list(range(n_train))
         shares = [r["train"][epoch] for r in two]
-        assert [len(s) for s in shares] == [-(-N_TRAIN // 2)] * 2  # equal shares, one padding repeat
-        assert set(shares[0]) | set(shares[1]) == set(range(N_TRAIN))
+        assert [len(s) for s in shares] == [-(-n_train // 2)] * 2  # equal shares, one padding repeat
+        assert set(shares[0]) | set(shares[1]) == set(range(n_train))
     for record in [one, *two]:
-        assert record["val"] == [list(range(N_VAL))] * 3  # gathered: every validation image once, each epoch
+        assert record["val"] == [list(range(n_val))] * 3  # gathered: every validation image once, each epoch
     assert two[0]["history"] == two[1]["history"]  # every process logs the same metrics
     assert two[0]["best_epoch"] == two[1]["best_epoch"]
     for a, b in zip(one["history"], two[0]["history"], strict=True):
