@@ -706,7 +706,7 @@ def _cpu_flags() -> set[str]:
 _DDP_PROCESSES = (1, 2)
 
 
-def _ddp_yaml(ctx: Context, processes: int) -> dict:
+def ddp_yaml(ctx: Context, processes: int) -> dict:
     """The fine-tuning recipe of (c)/(d), full network, one holdout fold; ``processes`` gloo processes."""
     tree = ft_config(ctx, None, False).model_dump(mode="json")
     tree["name"] = f"bench-ddp-{processes}"
@@ -717,13 +717,13 @@ def _ddp_yaml(ctx: Context, processes: int) -> dict:
 
 def plan_h(ctx: Context) -> dict:
     for n in _DDP_PROCESSES:
-        ctx.config(f"bench-ddp-{n}", _ddp_yaml(ctx, n))
+        ctx.config(f"bench-ddp-{n}", ddp_yaml(ctx, n))
     return {"medtl": describe(ft_config(ctx, None, False)), "processes": list(_DDP_PROCESSES),
             "command": [medtl_executable(), "train", "<tmp>/exp.yaml", "--out", "<tmp>/run", "--quiet"],
             "threads_per_process": "usable CPUs ÷ processes"}
 
 
-def _log_epoch_ends(run_log: Path) -> list[float]:
+def log_epoch_ends(run_log: Path) -> list[float]:
     """Times of the ``epoch N:`` records in a run.log (rank 0's)."""
     from datetime import datetime
 
@@ -743,14 +743,14 @@ def measure_h(ctx: Context) -> dict[str, dict]:
         folder = ctx.work / f"ddp-{n}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        (folder / "exp.yaml").write_text(json.dumps(_ddp_yaml(ctx, n)))  # JSON is YAML
+        (folder / "exp.yaml").write_text(json.dumps(ddp_yaml(ctx, n)))  # JSON is YAML
         threads = str(max(1, cpus // n))
         env = ctx.child_env("cache-h") | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         cmd = [medtl_executable(), "train", str(folder / "exp.yaml"), "--out", str(folder / "run"), "--quiet"]
         m = run_measured(cmd, env, folder / "train.log")
         if m.returncode != 0:
             raise BenchmarkError(f"`medtl train` with {n} process(es) exited with {m.returncode}:\n{m.log_tail}")
-        ends = _log_epoch_ends(folder / "run" / "run.log")
+        ends = log_epoch_ends(folder / "run" / "run.log")
         if len(ends) < 2:
             raise BenchmarkError(f"{folder / 'run' / 'run.log'}: fewer than 2 epochs logged; use --ft-epochs 2 or more")
         sides[n] = {"steady_epoch_seconds": float(np.median(np.diff(ends))), "epoch_seconds": np.diff(ends).tolist(),

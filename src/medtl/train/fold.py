@@ -123,7 +123,12 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, W
 
 @dataclass
 class FoldTrainer:
-    """Trains the folds of one run; holds what folds share (the frozen-feature bank, the weights spec)."""
+    """Trains the folds of one run; holds what folds share (the frozen-feature bank, the weights spec).
+
+    With several processes (``train.strategy: ddp``) every process runs the same fold trainer: the fits
+    are collective, the feature bank and the test / validation predictions are computed by every
+    process in full (identical; no broadcast needed), and only rank 0's run directory writer keeps them.
+    """
 
     cfg: ExperimentConfig
     data: PreparedData
