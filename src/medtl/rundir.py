@@ -20,6 +20,10 @@ A run directory holds::
 Every write goes to a temporary file in the same folder and is renamed into place, so a reader
 never sees half a file. A directory without ``complete.json`` is unfinished: commands that need a
 finished run refuse it, and ``medtl train`` refuses to write into it (it says how to start clean).
+
+In a run of several processes only rank 0 creates and writes the run directory (so no process refuses
+the folder rank 0 has just started); the others read its checkpoints through
+``Checkpoints(..., writes=False)`` (:mod:`medtl.experiment`).
 """
 
 from __future__ import annotations
