@@ -1,17 +1,21 @@
 """One :func:`medtl.train.engine.fit` of a tiny classifier, run as a script by tests/train/test_ddp.py.
 
-    python ddp_fit_script.py OUT_DIR DEVICES [NUM_NODES [DEVICE]]
+    python ddp_fit_script.py OUT_DIR DEVICES [--num-nodes N] [--device cuda] [--checkpoint PATH [--kill-at EPOCH]]
 
 With DEVICES > 1 (or NUM_NODES > 1) the fit uses ``train.strategy: ddp`` on CPU (gloo) and Lightning's
 launcher re-executes this script once per extra process. Each process writes ``rank<r>.json``: the
 sample indices each training epoch read (column 0 of the inputs is the sample's index; the model
-does not see it), the indices of every gathered validation set, and the fit's history.
+does not see it), the indices of every gathered validation set, and the fit's history. With
+``--checkpoint`` the fit is checkpointed after every epoch (and continues from the file when it exists);
+``--kill-at E`` kills every process of the run with SIGKILL when epoch E starts (its process group).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -51,6 +55,17 @@ class SeenIndices(L.Callback):
         self.epochs[-1] += [int(i) for i in batch[0][:, 0]]
 
 
+class KillAt(L.Callback):
+    """SIGKILL to this process group when epoch ``epoch`` starts (the checkpoint of the one before is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch and trainer.is_global_zero:
+            os.killpg(0, signal.SIGKILL)
+
+
 def blobs(n: int, offset: int, seed: int) -> TensorDataset:
     """Two overlapping 2-D Gaussian blobs; column 0 holds the sample index."""
     gen = torch.Generator().manual_seed(seed)
@@ -59,7 +74,7 @@ def blobs(n: int, offset: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.cat([torch.arange(offset, offset + n).float()[:, None], x], 1), y)
 
 
-def main(out: Path, devices: int, num_nodes: int, device: str) -> None:
+def main(out: Path, devices: int, num_nodes: int, device: str, checkpoint: Path | None, kill_at: int | None) -> None:
     gathered: list[list[int]] = []
     plain = engine.gather_unique
 
@@ -77,7 +92,7 @@ def main(out: Path, devices: int, num_nodes: int, device: str) -> None:
     seen = SeenIndices()
     module = engine.ClassifierModule(WithoutIndex(), cfg, positive_index=1)
     result = engine.fit(module, blobs(N_TRAIN, 0, 1), blobs(N_VAL, 1000, 2), cfg, seed=0, progress=False,
-                        callbacks=[seen])
+                        callbacks=[seen, *([KillAt(kill_at)] if kill_at is not None else [])], checkpoint=checkpoint)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     record = {"n_train": N_TRAIN, "n_val": N_VAL,
               "rank": rank, "rank_zero": distributed.is_rank_zero(), "train": seen.epochs, "val": gathered,
@@ -86,5 +101,12 @@ def main(out: Path, devices: int, num_nodes: int, device: str) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(Path(args[0]), int(args[1]), int(args[2]) if len(args) > 2 else 1, args[3] if len(args) > 3 else "cpu")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("devices", type=int)
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--kill-at", type=int)
+    a = parser.parse_args()
+    main(a.out, a.devices, a.num_nodes, a.device, a.checkpoint, a.kill_at)

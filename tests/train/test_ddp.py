@@ -154,10 +154,16 @@ def test_a_reading_checkpoint_store_writes_nothing(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real processes (gloo on the CPU)
 
 
-def fit_records(out: Path, devices: int, num_nodes: int = 1) -> list[dict]:
-    out.mkdir()
-    finish([subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(devices), str(num_nodes)], cwd=out,
-                             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)])
+def fit(out: Path, devices: int, *options: str) -> subprocess.Popen:
+    """The fit script in its own process group (``--kill-at`` kills that group)."""
+    out.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(devices), *options], cwd=out,
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def fit_records(out: Path, devices: int, *options: str) -> list[dict]:
+    finish([fit(out, devices, *options)])
     return [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
 
 
@@ -178,6 +184,20 @@ def test_two_processes_read_every_image_each_epoch_and_validate_each_image_once(
     assert two[0]["best_epoch"] == two[1]["best_epoch"]
     for a, b in zip(one["history"], two[0]["history"], strict=True):
         assert abs(a["val_loss"] - b["val_loss"]) < 0.1
+
+
+@pytest.mark.slow
+def test_two_processes_killed_after_an_epoch_resume_from_rank_0s_checkpoint(tmp_path: Path) -> None:
+    whole = fit_records(tmp_path / "whole", 2, "--checkpoint", str(tmp_path / "whole.ckpt"))
+    ckpt = tmp_path / "run.ckpt"
+    killed = fit(tmp_path / "run", 2, "--checkpoint", str(ckpt), "--kill-at", "2")
+    killed.communicate(timeout=600)
+    assert killed.returncode == -9 and ckpt.is_file() and not list((tmp_path / "run").glob("rank*.json"))
+    assert not list(tmp_path.glob(".*.tmp"))  # rank 0 renamed its checkpoint into place; no one else wrote
+    resumed = fit_records(tmp_path / "run", 2, "--checkpoint", str(ckpt))
+    assert [r["rank"] for r in resumed] == [0, 1]
+    for r in resumed:  # both processes continued at epoch 2 with the first two epochs' history
+        assert len(r["train"]) == 1 and r["history"] == whole[0]["history"]
 
 
 def experiment(root: Path) -> dict:
@@ -256,11 +276,7 @@ def test_two_nodes_of_one_process_on_localhost_match_two_processes(runs: dict[st
 def test_nccl_two_gpus_validate_each_image_once(tmp_path: Path) -> None:
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices (NCCL)")
-    out = tmp_path / "nccl"
-    out.mkdir()
-    finish([subprocess.Popen([sys.executable, str(SCRIPT), str(out), "2", "1", "cuda"], cwd=out,
-                             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)])
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    records = fit_records(tmp_path / "nccl", 2, "--device", "cuda")
     assert len(records) == 2 and records[0]["history"] == records[1]["history"]
     assert all(v == list(range(len(v))) for r in records for v in r["val"])
 
