@@ -112,13 +112,14 @@ GOALS: dict[str, Goal | None] = {
     "stream_rss_ratio": Goal("<=", 1.3, "×"),
     "stream_throughput_ratio": Goal(">=", 0.9, "×"),
     "study_parallel_ratio": None,  # reported: wall time with 2 workers / 1
+    "ddp_cpu_scaling": None,  # reported: on 2 cores the cost of a second process, not a speed-up
 }
 UNITS = {"fe_cache_speedup": "×", "cv_cache_ratio": "×", "cutoff_speedup": "×", "ft_throughput_ratio": "×",
          "demo_seconds": "s", "demo_peak_rss_gb": "GB (10^9 bytes)", "study_seconds": "s",
          "frozen_forward_speedup": "×", "bf16_train_ratio": "×", "serve_p50_ms": "ms", "serve_p99_ms": "ms",
          "serve_rps": "requests/s", "serve_errors": "requests", "serve_overhead_ratio": "×", "onnx_speedup": "×",
          "int8_speedup": "×", "int8_auc_change": "AUC", "stream_rss_ratio": "×", "stream_throughput_ratio": "×",
-         "study_parallel_ratio": "×"}
+         "study_parallel_ratio": "×", "ddp_cpu_scaling": "×"}
 
 
 def entry(key: str, value: float | None, **raw: Any) -> dict[str, Any]:
@@ -724,6 +725,71 @@ def measure_h(ctx: Context) -> dict[str, dict]:
     return serving.measure(ctx, fe_config(ctx, _HOLDOUT), _timed)
 
 
+# ---------------------------------------------------------------- (i) two CPU processes (DDP) vs one
+
+
+_DDP_PROCESSES = (1, 2)
+
+
+def ddp_yaml(ctx: Context, processes: int) -> dict:
+    """The fine-tuning recipe of (c)/(d), full network, one holdout fold; ``processes`` gloo processes."""
+    tree = ft_config(ctx, None, False).model_dump(mode="json")
+    tree["name"] = f"bench-ddp-{processes}"
+    if processes > 1:
+        tree["train"] |= {"strategy": "ddp", "devices": processes}
+    return tree
+
+
+def plan_i(ctx: Context) -> dict:
+    for n in _DDP_PROCESSES:
+        ctx.config(f"bench-ddp-{n}", ddp_yaml(ctx, n))
+    return {"medtl": describe(ft_config(ctx, None, False)), "processes": list(_DDP_PROCESSES),
+            "command": [medtl_executable(), "train", "<tmp>/exp.yaml", "--out", "<tmp>/run", "--quiet"],
+            "threads_per_process": "usable CPUs ÷ processes"}
+
+
+def log_epoch_ends(run_log: Path) -> list[float]:
+    """Times of the ``epoch N:`` records in a run.log (rank 0's)."""
+    from datetime import datetime
+
+    ends = []
+    for line in run_log.read_text().splitlines():
+        if " medtl.train.engine: epoch " in line:
+            ends.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return ends
+
+
+def measure_i(ctx: Context) -> dict[str, dict]:
+    """Training images/s of the same run (same global batch) in 2 CPU processes ÷ in 1."""
+    plan_i(ctx)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    sides = {}
+    for n in _DDP_PROCESSES:
+        folder = ctx.work / f"ddp-{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "exp.yaml").write_text(json.dumps(ddp_yaml(ctx, n)))  # JSON is YAML
+        threads = str(max(1, cpus // n))
+        env = ctx.child_env("cache-i") | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        cmd = [medtl_executable(), "train", str(folder / "exp.yaml"), "--out", str(folder / "run"), "--quiet"]
+        m = run_measured(cmd, env, folder / "train.log")
+        if m.returncode != 0:
+            raise BenchmarkError(f"`medtl train` with {n} process(es) exited with {m.returncode}:\n{m.log_tail}")
+        ends = log_epoch_ends(folder / "run" / "run.log")
+        if len(ends) < 2:
+            raise BenchmarkError(f"{folder / 'run' / 'run.log'}: fewer than 2 epochs logged; use --ft-epochs 2 or more")
+        sides[n] = {"steady_epoch_seconds": float(np.median(np.diff(ends))), "epoch_seconds": np.diff(ends).tolist(),
+                    "wall_seconds": m.seconds, "threads_per_process": int(threads)}
+    n_train = len(ctx.prepared(ft_config(ctx, None, False))[1].folds[0].train)
+    ips = {n: n_train / side["steady_epoch_seconds"] for n, side in sides.items()}
+    return {"ddp_cpu_scaling": entry(
+        "ddp_cpu_scaling", ips[2] / ips[1], images_per_s={str(n): v for n, v in ips.items()},
+        sides={str(n): v for n, v in sides.items()}, training_images=n_train, settings=plan_i(ctx),
+        how="`medtl train` of the full fine-tuning recipe (one holdout fold, the same global train.batch_size) in "
+            "1 process and with train.strategy ddp, train.devices 2 (gloo); training images / steady-state epoch "
+            "seconds (median gap between rank 0's end-of-epoch records, epochs 2..N); ratio 2 processes / 1.")}
+
+
 # ---------------------------------------------------------------- the registry
 
 
@@ -769,6 +835,8 @@ BENCHMARKS = {b.letter: b for b in (
               ("stream_rss_ratio", "stream_throughput_ratio"), _scale("plan_s"), _scale("measure_s")),
     Benchmark("w", "a 4-cell study on 2 worker processes vs 1: wall time", ("study_parallel_ratio",),
               _scale("plan_w"), _scale("measure_w")),
+    Benchmark("i", "2 CPU processes (DDP, gloo) vs 1 on the same global batch: training images/s",
+              ("ddp_cpu_scaling",), plan_i, measure_i),
 )}
 NAMES = {"stream": "s", "workers": "w"}
 """``--only`` names for lettered benchmarks."""

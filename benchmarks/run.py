@@ -12,6 +12,7 @@
 onnx_speedup, int8_speedup, int8_auc_change; what each measures and how: docs/performance.md, (h): docs/serving.md.
 (s) stream_rss_ratio + stream_throughput_ratio (``--only stream``), (w) study_parallel_ratio
 (``--only workers``): benchmarks/scale.py and docs/scaling.md.
+(i) ddp_cpu_scaling: docs/scaling.md.
 JSON (or Markdown) goes to stdout, progress to stderr. Exit status 1 when a benchmark failed (or,
 with --check, missed its goal). Measure on an otherwise idle machine: the JSON records the load
 average, and a busy CPU makes every ratio meaningless.

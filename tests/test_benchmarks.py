@@ -53,7 +53,7 @@ def test_goals_and_met_flags() -> None:
 def test_only_selects_letters_and_rejects_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert run.parse_args(["--only", "b, a"]).letters == "ab"
     assert run.parse_args(["--quick"]).letters == "abcdsw"
-    assert run.parse_args([]).letters == "abcdefghsw"
+    assert run.parse_args([]).letters == "abcdefghswi"
     assert run.parse_args(["--only", "stream"]).letters == "s" == run.parse_args(["--only", "S"]).letters
     assert cases.BENCHMARKS["s"].keys == ("stream_rss_ratio", "stream_throughput_ratio")
     assert cases.BENCHMARKS["w"].keys == ("study_parallel_ratio",)
@@ -81,6 +81,26 @@ def test_dry_run_writes_every_key(brain_mri: Path, tmp_path: Path, capsys: pytes
     assert 0.0 < result["cutoff_speedup"]["plan"]["frozen_parameter_fraction"] < 1.0
     assert result["demo_seconds"]["plan"]["command"][1] == "demo"
     assert "not selected" in result["study_seconds"]["skipped"]
+
+
+def test_dry_run_of_ddp_scaling_plans_one_and_two_processes(brain_mri: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--dry-run", "--only", "i", "--data", str(brain_mri.parent)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    plan = result["ddp_cpu_scaling"]["plan"]
+    assert plan["processes"] == [1, 2] and plan["command"][1] == "train"
+    assert result["ddp_cpu_scaling"]["goal"] is None  # reported, no goal
+    assert cases.ddp_yaml(cases.Context(cases.PRESETS["quick"], brain_mri.parent, Path(".")), 2)["train"][
+        "strategy"] == "ddp"
+
+
+def test_epoch_ends_are_read_from_run_log(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text("2026-12-01 10:00:00,000 INFO medtl.experiment: fold 1/1: train 10\n"
+                   "2026-12-01 10:00:01,500 INFO medtl.train.engine: epoch 0: train_loss=1\n"
+                   "2026-12-01 10:00:04,000 INFO medtl.train.engine: epoch 1: train_loss=1\n")
+    ends = cases.log_epoch_ends(log)
+    assert len(ends) == 2 and ends[1] - ends[0] == pytest.approx(2.5)
 
 
 def test_missing_data_is_an_error_entry_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

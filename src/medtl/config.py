@@ -388,6 +388,31 @@ class TrainConfig(StrictModel):
     # ``torch.compile`` the network before training (pays a compile of minutes first; GPU runs gain).
     compile: bool = False
     progress: bool = True
+    # Several processes (Lightning's names): ``devices`` per node (``auto``: every GPU, or 1 on CPU), ``num_nodes``
+    # machines, ``strategy`` ``ddp`` (one process per device for the whole run; docs/scaling_ddp.md). ``batch_size``
+    # stays the global batch: each of the devices × num_nodes processes loads an equal share of it.
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> TrainConfig:
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(f"train.devices must be at least 1 or 'auto' (it is {self.devices})")
+        if self.strategy in ("ddp_spawn", "fsdp"):
+            why = ("starts fresh processes for each fit only, so the early-stopping state, the history and the "
+                   "feature bank would not come back to the run" if self.strategy == "ddp_spawn" else
+                   "shards weights that medtl's CNNs fit on one device, and best-weights selection needs them whole")
+            raise ValueError(f"train.strategy '{self.strategy}' is not supported: it {why}; use train.strategy: ddp "
+                             "(the same processes run the whole experiment; see docs/scaling_ddp.md)")
+        many = self.devices == "auto" or self.devices > 1 or self.num_nodes > 1
+        if many and self.strategy == "auto":
+            raise ValueError(f"train.devices {self.devices} × train.num_nodes {self.num_nodes} (may) ask for several "
+                             "processes: set train.strategy: ddp")
+        if isinstance(self.devices, int) and self.batch_size % (self.devices * self.num_nodes):
+            raise ValueError(f"train.batch_size {self.batch_size} is the global batch and must split evenly over "
+                             f"train.devices × train.num_nodes = {self.devices * self.num_nodes} processes")
+        return self
 
 
 class PatientLevelConfig(StrictModel):
@@ -475,6 +500,10 @@ class ExperimentConfig(StrictModel):
         if self.transfer.strategy == "scratch" and self.model.weights != "none":
             raise ValueError(f"transfer.strategy 'scratch' trains from random initialisation: set model.weights: "
                              f"none (it is '{self.model.weights}')")
+        if self.transfer.strategy == "gradual" and self.train.strategy == "ddp":
+            raise ValueError("transfer.strategy 'gradual' cannot run with train.strategy 'ddp': DDP fixes the "
+                             "trainable parameters when it wraps the model, so layers unfrozen later would not be "
+                             "synchronised; use fine_tune, or train.strategy: auto with train.devices: 1")
         return self
 
 

@@ -4,6 +4,11 @@ This module only orchestrates. How a fold is trained lives in :mod:`medtl.train.
 chooses the fit path), the decision rule in :mod:`medtl.evaluate.operating`, the metrics in
 :mod:`medtl.evaluate`, and every file of the run directory in :mod:`medtl.rundir`, which marks the
 run complete last.
+
+With several training processes (``train.strategy: ddp``) every process runs the experiment, and only
+the fits are collective (:mod:`medtl.train.distributed`): rank 0 creates and writes the run directory,
+the other processes prepare the same data, take part in every fit, write nothing, and wait at the end
+until rank 0 has marked the run complete.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from medtl.evaluate.operating import OperatingChoice, calibrate, check_validatio
 from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train import distributed
 from medtl.train.device import environment, resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
@@ -73,6 +79,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True, 
             ``resume`` (or with another config); bad data or config.
         RunInterrupted: Ctrl-C; the message (also in run.log) says what was kept and how to continue.
     """
+    if not distributed.is_rank_zero():
+        return _take_part(cfg, Path(out_dir), progress)
     resuming = resume and rundir.state(Path(out_dir)) == "unfinished"
     out_dir = rundir.create(Path(out_dir), resume=resume, config=dump_config(cfg))
     with _run_log(out_dir / rundir.LOG):
@@ -86,7 +94,21 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True, 
             raise RunInterrupted(message) from None
     rundir.Checkpoints(out_dir).clear()
     rundir.mark_complete(out_dir)
+    distributed.barrier()
     return metrics
+
+
+def _take_part(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
+    """A process other than rank 0: the same stages, data and fits (they are collective), nothing written.
+
+    Finished members are read from rank 0's checkpoints, so a resumed run skips them here too. Returns
+    the run's metrics once rank 0 has completed it ({} when there was no fit to synchronise with).
+    """
+    if cfg.stages:
+        cfg, _ = run_bridge_stages(cfg, out_dir / rundir.STAGES, progress)
+    train_folds(cfg, prepare_data(cfg, progress=False), out_dir, progress=False, writes=False)
+    distributed.barrier()
+    return rundir.read_metrics(out_dir) if rundir.is_complete(out_dir) else {}
 
 
 def _run(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
@@ -132,24 +154,34 @@ def check_weights(cfg: ExperimentConfig) -> None:
         build_model(cfg, 2)
 
 
-def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path,
-                progress: bool) -> tuple[list[FoldOutcome], WeightsSpec]:
-    """Train every fold (and ensemble member); history.csv grows fold by fold."""
+def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path, progress: bool,
+                writes: bool = True) -> tuple[list[FoldOutcome], WeightsSpec]:
+    """Train every fold (and ensemble member); history.csv grows fold by fold.
+
+    ``writes=False`` (the processes other than rank 0): read rank 0's checkpoints, write nothing.
+    """
     if cfg.train.ensemble > 1 and cfg.transfer.classifier != "head":
         log.warning("train.ensemble %d with transfer.classifier '%s': the classifier is fitted deterministically, "
                     "so the members are the same model", cfg.train.ensemble, cfg.transfer.classifier)
-    trainer = FoldTrainer(cfg, data, out_dir, progress, resolve_device(cfg.train.device),
-                          store=rundir.Checkpoints(out_dir, ensemble=cfg.train.ensemble > 1))
+    trainer = FoldTrainer(cfg, data, out_dir, progress, distributed.local_device(resolve_device(cfg.train.device)),
+                          store=rundir.Checkpoints(out_dir, ensemble=cfg.train.ensemble > 1, writes=writes))
+    save = partial(artifact.save_fold, out_dir) if writes else _not_saved
     outcomes: list[FoldOutcome] = []
     for fold in data.folds:
         log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),
                  len(fold.train), len(fold.val), len(fold.test))
-        outcome = trainer.train_fold(fold, partial(artifact.save_fold, out_dir))
-        _log_fold(cfg, data, outcome)
+        outcome = trainer.train_fold(fold, save)
         outcomes.append(outcome)
-        _write_history(out_dir, outcomes)
+        if writes:
+            _log_fold(cfg, data, outcome)
+            _write_history(out_dir, outcomes)
     assert trainer.spec is not None
     return outcomes, trainer.spec
+
+
+def _not_saved(fold: int, model: object, member: int = 0) -> str:
+    """The ``save`` of a process other than rank 0: rank 0 saves the same weights; nothing to name here."""
+    return ""
 
 
 def _log_fold(cfg: ExperimentConfig, data: PreparedData, outcome: FoldOutcome) -> None:
@@ -234,10 +266,12 @@ def run_bridge_stages(cfg: ExperimentConfig, stage_root: Path,
             log.info("stage '%s' already finished in %s; reusing it", stage.name, run_dir)
             stage_metrics = rundir.read_metrics(run_dir)
         else:
-            if run_dir.exists() and not same:
+            if run_dir.exists() and not same and distributed.is_rank_zero():
                 shutil.rmtree(run_dir)
             stage_metrics = run_experiment(stage_cfg, run_dir, progress, resume=True)
         weights = f"file:{run_dir / rundir.MODEL_DIR / 'fold0.safetensors'}"
+        if not distributed.is_rank_zero():
+            continue  # the summary is rank 0's (it reads the stage's files)
         summary.append({"stage": stage.name, "run_dir": str(run_dir), "started_from": stage_cfg.model.weights,
                         "strategy": stage_cfg.transfer.strategy, "data": str(stage.data.location),
                         "splits_sha256": _sha256(run_dir / rundir.SPLITS),

@@ -22,6 +22,10 @@ A run directory holds::
 Every write goes to a temporary file in the same folder and is renamed into place, so a reader
 never sees half a file. A directory without ``complete.json`` is unfinished: commands that need a
 finished run refuse it, and ``medtl train`` refuses to write into it (it says how to start clean).
+
+In a run of several processes only rank 0 creates and writes the run directory (so no process refuses
+the folder rank 0 has just started); the others read its checkpoints through
+``Checkpoints(..., writes=False)`` (:mod:`medtl.experiment`).
 """
 
 from __future__ import annotations
@@ -364,12 +368,17 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], ensemble: bool) -> 
 
 
 class Checkpoints:
-    """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`)."""
+    """The ``checkpoints/`` folder of an unfinished run (a :class:`medtl.train.fold.MemberStore`).
 
-    def __init__(self, run_dir: Path, ensemble: bool = False) -> None:
+    ``writes=False``: a reader only (the other processes of a multi-process run read what rank 0 keeps;
+    recording and the live history are rank 0's).
+    """
+
+    def __init__(self, run_dir: Path, ensemble: bool = False, writes: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / CHECKPOINTS
         self.ensemble = ensemble
+        self.writes = writes
 
     def _stem(self, fold: int, member: int) -> str:
         return f"fold{fold}-m{member}"
@@ -392,6 +401,8 @@ class Checkpoints:
 
     def record(self, fold: int, member: int, file: str, result: Any, test: np.ndarray, val: np.ndarray) -> None:
         """Keep a finished member (predictions first, then the record, which marks it finished)."""
+        if not self.writes:
+            return
         stem = self._stem(fold, member)
         with atomic_path(self.root / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, test=test, val=val)
@@ -402,6 +413,8 @@ class Checkpoints:
 
     def live_history(self, fold: int, member: int, rows: list[dict[str, Any]]) -> None:
         """Rewrite ``history.csv``: every finished member's epochs, then the member in training's so far."""
+        if not self.writes:
+            return
         done = []
         for meta in self.root.glob("fold*-m*.json"):
             f, m = (int(x) for x in meta.stem.removeprefix("fold").split("-m"))

@@ -1,7 +1,10 @@
 """The training engine: a Lightning module around any classifier, best-weights early stopping,
 warm-up + cosine learning-rate schedule, class weights and a NaN guard.
 
-Lightning is the engine so that the same code runs on a laptop CPU, one GPU (AMP) or several.
+Lightning is the engine so that the same code runs on a laptop CPU, one GPU (AMP) or several
+processes (``train.strategy: ddp``; :mod:`medtl.train.distributed`). With several processes every one
+validates its share of the images; the outputs are gathered and each image counted once, so every
+process computes the same metrics and makes the same early-stopping decision.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from medtl.config import TrainConfig
 from medtl.errors import TrainingError
 from medtl.train.device import resolve_device
+from medtl.train.distributed import IndexedDataset, gather_unique, per_process_batch, world_size
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class ClassifierModule(L.LightningModule):
         self.epoch_hook: Callable[[list[dict[str, float]]], None] | None = None
         """Called with the history after every epoch (a run's history.csv grows as it trains)."""
         self._train: list[tuple[float, int, int]] = []
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # The weights validation and best-weights selection use (an EMA copy when ``train.ema_decay``);
         # a plain attribute, not a submodule, so it stays out of the optimizer and the state dict.
         object.__setattr__(self, "eval_model", None)
@@ -132,29 +136,43 @@ class ClassifierModule(L.LightningModule):
         rest = mixup_target(y[n:], self.mixer.num_classes, 1.0, self.cfg.label_smoothing)
         return x, torch.cat([mixed, rest])
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self._val.append((self.evaluated()(self.prepare(x)).float().detach().cpu(), y.detach().cpu()))
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """A validation batch ``(x, y, index)`` (:class:`IndexedDataset`); a plain ``(x, y)`` is numbered by
+        its position, which is only right in a single process."""
+        x, y, *index = batch
+        if not index:
+            start = sum(len(v[1]) for v in self._val)
+            index = [torch.arange(start, start + len(y))]
+        self._val.append((self.evaluated()(self.prepare(x)).float().detach().cpu(), y.detach().cpu(),
+                          index[0].detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val or self.trainer.sanity_checking:
             self._val.clear()
             return
-        logits = torch.cat([v[0] for v in self._val])
-        y = torch.cat([v[1] for v in self._val])
+        _, logits, y = gather_unique(*(torch.cat([v[k] for v in self._val]) for k in (2, 0, 1)))
         self._val.clear()
         probs = logits.softmax(1).numpy()
         with sklearn.config_context(skip_parameter_validation=True):  # per epoch: validated inputs, no overhead
             accuracy, auc = validation_scores(y.numpy(), probs, self.positive_index)
-        self.log("val_loss", float(nn.functional.cross_entropy(logits, y)))
-        self.log("val_accuracy", accuracy)
-        self.log("val_auc", _nan_to(auc, 0.0))
-        self.log("val_auc_se", auc_standard_error(_nan_to(auc, 0.5), y.numpy(), self.positive_index))
-        self.log("val_accuracy_se", math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(y)))
+        self._log_gathered("val_loss", float(nn.functional.cross_entropy(logits, y)))
+        self._log_gathered("val_accuracy", accuracy)
+        self._log_gathered("val_auc", _nan_to(auc, 0.0))
+        self._log_gathered("val_auc_se", auc_standard_error(_nan_to(auc, 0.5), y.numpy(), self.positive_index))
+        self._log_gathered("val_accuracy_se", math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(y)))
+
+    def _log_gathered(self, name: str, value: float) -> None:
+        """Log a metric of the gathered validation set: the same value in every process (synchronised with
+        ``max``, which keeps it exactly, so Lightning knows it is global)."""
+        many = self.trainer.world_size > 1
+        self.log(name, value, sync_dist=many, reduce_fx="max" if many else "mean")
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, n = (sum(v) for v in zip(*self._train, strict=True)) if self._train else (0, 0, 0)
         self._train.clear()
+        if self.trainer.world_size > 1:  # every process's share of the epoch (padding repeats included)
+            total = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=self.device)
+            loss_sum, correct, n = self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
         row = {"epoch": self.current_epoch, "train_loss": loss_sum / max(n, 1),
                "train_accuracy": correct / max(n, 1), "lr": self.optimizers().param_groups[0]["lr"]}
         for key in ("val_loss", "val_accuracy", "val_auc"):
@@ -349,10 +367,13 @@ class EpochCheckpoint(Checkpoint):
         self.generator = generator
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Every process calls save_checkpoint (it synchronises them); Lightning writes on global rank 0 only.
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
     def state_dict(self) -> dict:
         np_state = np.random.get_state()
@@ -477,12 +498,17 @@ def lightning_precision(cfg: TrainConfig) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "16-mixed"}[cfg.precision]
 
 
-def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
-    """A DataLoader sized to the machine: in-process on CPU, workers on GPU."""
+def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, batch_size: int | None = None) -> DataLoader:
+    """A DataLoader sized to the machine: in-process on CPU, workers on GPU; ``batch_size`` (default
+    ``train.batch_size``) per process.
+
+    With several processes Lightning replaces the sampler by a ``DistributedSampler`` seeded from the
+    fit's seed (``seed_everything``), so each process reads its share of the images.
+    """
     cuda = resolve_device(cfg.device) == "cuda"
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if cuda else 0)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, drop_last=False, persistent_workers=workers > 0,
                       pin_memory=cuda)
 
@@ -537,11 +563,13 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     keeper = BestWeights(monitor, es.patience if es else None, es.min_delta if es else 0.0,
                          es.tie_tolerance if es else 0.0, min_epochs(cfg),  # None: one standard error
                          es.ties if es else "lower_loss")
-    train_loader = loader(train, cfg, shuffle=True, seed=seed)
-    val_loader = loader(val, cfg, shuffle=False, seed=seed) if monitor else None
+    batch = per_process_batch(cfg, world_size(cfg, accelerator(cfg) == "gpu"))
+    train_loader = loader(train, cfg, shuffle=True, seed=seed, batch_size=batch)
+    val_loader = loader(IndexedDataset(val), cfg, shuffle=False, seed=seed, batch_size=batch) if monitor else None
     saver = [EpochCheckpoint(checkpoint, train_loader.generator)] if checkpoint and not cfg.ema_decay else []
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=1, logger=False,
+        max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, logger=False,
         enable_checkpointing=bool(saver), enable_model_summary=False, num_sanity_val_steps=0,
         enable_progress_bar=progress, deterministic=True,
         callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper, *saver],

@@ -38,6 +38,7 @@ from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train.device import resolve_device
+from medtl.train.distributed import is_rank_zero
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
 from medtl.train.inference import embed, head_probs, predict_probs
 from medtl.transfer import prefix_cache as pc
@@ -127,7 +128,12 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[TransferNet, W
 
 @dataclass
 class FoldTrainer:
-    """Trains the folds of one run; holds what folds share (the frozen-feature bank, the weights spec)."""
+    """Trains the folds of one run; holds what folds share (the frozen-feature bank, the weights spec).
+
+    With several processes (``train.strategy: ddp``) every process runs the same fold trainer: the fits
+    are collective, the feature bank and the test / validation predictions are computed by every
+    process in full (identical; no broadcast needed), and only rank 0's run directory writer keeps them.
+    """
 
     cfg: ExperimentConfig
     data: PreparedData
@@ -246,6 +252,8 @@ class FoldTrainer:
         state = getattr(exc, "last_good", None)
         if not state:
             return "no epoch had finished, so there is no checkpoint to keep"
+        if not is_rank_zero():
+            return f"rank 0 keeps the weights of the last good epoch in {self.out_dir / 'model'}"
         path = self.out_dir / "model" / f"fold{fold.index}.last_good.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
