@@ -218,9 +218,8 @@ def _audit_labels(out_dir: Path, data: PreparedData, outcomes: list[FoldOutcome]
     samples = data.loaded.table.samples
     with rundir.atomic_path(out_dir / rundir.LABEL_ISSUES) as tmp:
         summary = audit_labels(tmp, [samples[i].id for i in idx], [samples[i].path for i in idx], folds,
-                               data.labels[idx], np.concatenate([o.probs for o in outcomes]), data.class_names)
-    if "file" in summary:
-        summary["file"] = rundir.LABEL_ISSUES
+                               data.labels[idx], np.concatenate([o.probs for o in outcomes]), data.class_names,
+                               name=rundir.LABEL_ISSUES)
     return summary
 
 

@@ -50,8 +50,11 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def audit_labels(path: Path, ids: Sequence[str], files: Sequence[str], folds: Sequence[int], labels: np.ndarray,
-                 probs: np.ndarray, class_names: Sequence[str]) -> dict:
+                 probs: np.ndarray, class_names: Sequence[str], name: str | None = None) -> dict:
     """Write ``path`` (one row per suspected label error, worst first) and return a summary for metrics.json.
+
+    ``name`` is the file's name in messages and in the summary (default ``path.name``; a caller writing
+    through a temporary file gives the final name).
 
     A failure of the audit is logged and returned as ``{"error": ...}``; it never fails the run.
     """
@@ -70,7 +73,7 @@ def audit_labels(path: Path, ids: Sequence[str], files: Sequence[str], folds: Se
         worst = ", ".join(f"{ids[i]} ({class_names[labels[i]]}, p={probs[i, labels[i]]:.3f})" for i in ranked[:5])
         log.warning("label audit: the held-out predictions contradict %d of %d labels (%s); worst: %s. "
                     "Look at these images: metrics count the labels as given", len(ranked), len(labels),
-                    path.name, worst)
+                    name or path.name, worst)
     else:
         log.info("label audit: no label contradicted by the held-out predictions (%d images)", len(labels))
-    return {"n": int(len(ranked)), "of": int(len(labels)), "file": path.name, "method": METHOD}
+    return {"n": int(len(ranked)), "of": int(len(labels)), "file": name or path.name, "method": METHOD}
