@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,31 +93,62 @@ def test_inner_folds_never_share_a_group_with_the_outer_test_fold(brain_mri: Pat
             assert set(np.concatenate([fold.train, fold.val, fold.test]).tolist()) <= training
 
 
-def test_postgresql_storage(tmp_path: Path) -> None:
-    """A real PostgreSQL server started by the test, when the server and a Python driver are installed."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+def _postgres_binaries() -> tuple[str, str] | None:
+    """initdb and pg_ctl: on PATH, or in Debian's versioned folder (the package does not put them on PATH)."""
+    for folder in [None, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        found = [shutil.which(name, path=str(folder) if folder else None) for name in ("initdb", "pg_ctl")]
+        if all(found):
+            return found[0], found[1]
+    return None
+
+
+def test_postgresql_storage() -> None:
+    """A real PostgreSQL server started by the test on a Unix socket (no TCP port), stopped by the test.
+
+    Runs when the server (Debian's ``postgresql``) and the driver (``psycopg2``) are installed; the server
+    refuses to run as root, so as root it runs as the ``postgres`` user the package creates.
+    """
+    binaries = _postgres_binaries()
     try:
         import psycopg2  # noqa: F401
     except ImportError:
         pytest.skip("PostgreSQL storage not tested: no PostgreSQL driver (psycopg2) in the environment")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL storage not tested: initdb/pg_ctl not installed")
+    if binaries is None:
+        pytest.skip("PostgreSQL storage not tested: initdb/pg_ctl not installed (Debian package postgresql)")
+    as_user: list[str] = []
     if os.geteuid() == 0:
-        pytest.skip("PostgreSQL storage not tested: the server refuses to run as root")
-    data, sock = tmp_path / "pg", tmp_path / "sock"
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL storage not tested: running as root and there is no 'postgres' user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    initdb, pg_ctl = binaries
+    root = Path(tempfile.mkdtemp(prefix="medtl-pg-"))
+    root.chmod(0o777)
+    data, sock = root / "data", root / "sock"
     sock.mkdir()
-    subprocess.run([initdb, "-D", str(data), "-A", "trust", "-U", "medtl"], check=True, capture_output=True)
-    subprocess.run([pg_ctl, "-D", str(data), "-o", f"-k {sock} -p 55433 -h ''", "-w", "start"], check=True,
-                   capture_output=True)
+    sock.chmod(0o777)
     try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "medtl"], check=True,
+                       capture_output=True, timeout=120)
+        # the server outlives pg_ctl: its output goes to a log file, not to pipes this test would wait on
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-o",
+                        f"-k {sock} -p 55433 -h ''", "-w", "start"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
         storage = open_storage(f"postgresql+psycopg2://medtl@/postgres?host={sock}&port=55433")
         import optuna
 
         study = optuna.create_study(storage=storage, study_name="pg")
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-        assert len(study.trials) == 2
+        again = optuna.load_study(study_name="pg", storage=open_storage(
+            f"postgresql+psycopg2://medtl@/postgres?host={sock}&port=55433"))
+        assert len(again.trials) == 2
     finally:
-        subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- real searches (slow)
