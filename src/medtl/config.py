@@ -389,7 +389,7 @@ class TrainConfig(StrictModel):
     compile: bool = False
     progress: bool = True
     # Several processes (Lightning's names): ``devices`` per node (``auto``: every GPU, or 1 on CPU), ``num_nodes``
-    # machines, ``strategy`` ``ddp`` (one process per device for the whole run; docs/scaling_ddp.md). ``batch_size``
+    # machines, ``strategy`` ``ddp`` (one process per device for the whole run; docs/scaling.md). ``batch_size``
     # stays the global batch: each of the devices × num_nodes processes loads an equal share of it.
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
@@ -404,7 +404,7 @@ class TrainConfig(StrictModel):
                    "feature bank would not come back to the run" if self.strategy == "ddp_spawn" else
                    "shards weights that medtl's CNNs fit on one device, and best-weights selection needs them whole")
             raise ValueError(f"train.strategy '{self.strategy}' is not supported: it {why}; use train.strategy: ddp "
-                             "(the same processes run the whole experiment; see docs/scaling_ddp.md)")
+                             "(the same processes run the whole experiment; see docs/scaling.md)")
         many = self.devices == "auto" or self.devices > 1 or self.num_nodes > 1
         if many and self.strategy == "auto":
             raise ValueError(f"train.devices {self.devices} × train.num_nodes {self.num_nodes} (may) ask for several "

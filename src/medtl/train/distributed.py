@@ -1,7 +1,7 @@
 """Several training processes (Lightning DDP): which process is rank 0, which device each uses, and
 validation outputs gathered over the processes exactly once per image.
 
-How the processes come about (docs/scaling_ddp.md): ``medtl train`` with ``train.strategy: ddp`` and
+How the processes come about (docs/scaling.md): ``medtl train`` with ``train.strategy: ddp`` and
 ``train.devices: N`` is re-executed by Lightning's launcher at the first fit (the children see
 ``LOCAL_RANK``); ``torchrun`` and SLURM's ``srun`` start every process themselves (``RANK`` /
 ``SLURM_PROCID``); a run over several machines sets ``NODE_RANK`` on each. Every process runs the whole
