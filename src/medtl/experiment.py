@@ -83,7 +83,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True, 
         return _take_part(cfg, Path(out_dir), progress)
     resuming = resume and rundir.state(Path(out_dir)) == "unfinished"
     out_dir = rundir.create(Path(out_dir), resume=resume, config=dump_config(cfg))
-    with _run_log(out_dir / rundir.LOG):
+    with RunLog(out_dir / rundir.LOG):
         if resuming:
             log.info("resuming the unfinished run in %s", out_dir)
         try:
@@ -424,7 +424,7 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
-class _run_log:
+class RunLog:
     """Context manager that mirrors medtl's and Lightning's log records into the run's log file."""
 
     def __init__(self, path: Path) -> None:
@@ -432,7 +432,7 @@ class _run_log:
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.loggers = [logging.getLogger("medtl"), logging.getLogger("lightning")]
 
-    def __enter__(self) -> _run_log:
+    def __enter__(self) -> RunLog:
         for logger in self.loggers:
             logger.addHandler(self.handler)
             if logger.level == logging.NOTSET or logger.level > logging.INFO:

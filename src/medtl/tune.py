@@ -60,7 +60,7 @@ from medtl.config import (
 from medtl.data.splits import Fold, make_folds, write_manifest
 from medtl.errors import ConfigError, DataError, MedtlError, RunInterrupted
 from medtl.evaluate.metrics import compute_metrics
-from medtl.experiment import PreparedData, check_weights, conclude, prepare_data
+from medtl.experiment import PreparedData, RunLog, check_weights, conclude, prepare_data
 from medtl.train.device import resolve_device
 from medtl.train.fold import FoldOutcome, FoldTrainer
 
@@ -464,7 +464,7 @@ def run_tune(spec: TuneSpec, out_dir: Path, options: TuneOptions, progress: bool
     make_sampler(options.sampler, spec.params, 0)  # a sampler that cannot search this block fails first
     out_dir = _open_dir(Path(out_dir), spec, options)
     url = storage_url(options.storage, out_dir)
-    with _RunLog(out_dir / rundir.LOG):
+    with RunLog(out_dir / rundir.LOG):
         try:
             summary = _tune(spec, out_dir, options, url, progress)
         except KeyboardInterrupt:
@@ -583,27 +583,6 @@ def _with_outer(summary: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
     else:
         out["estimate"] = OPTIMISTIC
     return out
-
-
-class _RunLog:
-    """Mirror medtl's and Lightning's log records into the run's log file."""
-
-    def __init__(self, path: Path) -> None:
-        self.handler = logging.FileHandler(path)
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.loggers = [logging.getLogger(n) for n in ("medtl", "lightning")]
-
-    def __enter__(self) -> _RunLog:
-        for logger in self.loggers:
-            logger.addHandler(self.handler)
-            if logger.level == logging.NOTSET or logger.level > logging.INFO:
-                logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for logger in self.loggers:
-            logger.removeHandler(self.handler)
-        self.handler.close()
 
 
 def tune_table(summary: dict[str, Any]) -> Table:
