@@ -36,6 +36,7 @@ from medtl import artifact, rundir
 from medtl.data.transforms import TTA_VIEWS, TTA_ZOOM, tta_view
 from medtl.errors import ConfigError, MedtlError
 from medtl.models.network import TransferNet
+from medtl.models.registry import file_sha256
 from medtl.report.card import card_data
 
 log = logging.getLogger(__name__)
@@ -135,18 +136,9 @@ def medtl_version() -> str:
         return "unknown"
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_sha256(run_dir: Path, meta: artifact.ModelMeta) -> dict[str, str]:
     """SHA-256 of each fold's weights file."""
-    return {name: sha256_file(Path(run_dir) / rundir.MODEL_DIR / name) for name in meta.folds}
+    return {name: file_sha256(Path(run_dir) / rundir.MODEL_DIR / name) for name in meta.folds}
 
 
 def combined_sha256(hashes: dict[str, str]) -> str:
@@ -376,7 +368,7 @@ def _from_onnx(path: Path, threads: int | None) -> LoadedGraph:
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
         raise MedtlError(f"{path}: no '{METADATA_KEY}' metadata; it was not exported by medtl export")
-    return LoadedGraph(json.loads(meta[METADATA_KEY]), sha256_file(path), "onnx", session)
+    return LoadedGraph(json.loads(meta[METADATA_KEY]), file_sha256(path), "onnx", session)
 
 
 def _from_torchscript(path: Path) -> LoadedGraph:
@@ -387,7 +379,7 @@ def _from_torchscript(path: Path) -> LoadedGraph:
         raise MedtlError(f"{path}: not a TorchScript file torch can load ({str(exc).splitlines()[0][:200]})") from None
     if not extra[f"{METADATA_KEY}.json"]:
         raise MedtlError(f"{path}: no {METADATA_KEY}.json extra file; it was not exported by medtl export")
-    return LoadedGraph(json.loads(extra[f"{METADATA_KEY}.json"]), sha256_file(path), "torchscript", module.eval())
+    return LoadedGraph(json.loads(extra[f"{METADATA_KEY}.json"]), file_sha256(path), "torchscript", module.eval())
 
 
 def first_model(graph: LoadedGraph) -> TransferNet | None:
