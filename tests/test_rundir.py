@@ -132,3 +132,16 @@ def test_a_run_killed_before_its_marker_is_not_finished(brain_mri: Path, tmp_pat
     files = rundir.read_json(fresh / rundir.COMPLETE)["files"]
     for name in (rundir.CONFIG, rundir.SPLITS, rundir.HISTORY, rundir.PREDICTIONS, rundir.METRICS, rundir.MODEL_META):
         assert name in files, name
+
+
+@pytest.mark.slow
+def test_train_logger_tensorboard_writes_one_event_file_per_fold(brain_mri: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboardX")
+    cfg = tiny(brain_mri)
+    cfg["train"] |= {"logger": "tensorboard"}
+    out = tmp_path / "run"
+    run_experiment(parse_config(cfg), out, progress=False)
+    for fold in (0, 1):
+        events = list((out / rundir.LOGS / "tensorboard" / f"fold{fold}-m0").glob("events.out.tfevents.*"))
+        assert len(events) == 1 and b"train_loss" in events[0].read_bytes()
+    assert "logs/tensorboard/fold0-m0" in " ".join(rundir.read_json(out / rundir.COMPLETE)["files"])

@@ -377,6 +377,9 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStoppingConfig | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where per-epoch figures go besides the run's live history.csv: TensorBoard event files or an MLflow
+    # run per fold member (in RUN/logs; MLflow honours MLFLOW_TRACKING_URI).
+    logger: Literal["history", "tensorboard", "mlflow"] = "history"
     num_workers: int | None = Field(None, ge=0)
     # Numeric precision of training: ``auto`` = mixed float16 (AMP) on a GPU, float32 on CPU (bf16
     # autocast measured slower on CPUs without native bf16, docs/performance.md); ``bf16`` = bfloat16

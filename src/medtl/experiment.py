@@ -45,6 +45,7 @@ from medtl.train.fold import (
     build_model,
     member_seed,
 )
+from medtl.train.loggers import check_logger, make_logger
 from medtl.transfer.freeze import count
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def _take_part(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
 
 def _run(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
     rundir.write_text(out_dir / rundir.CONFIG, dump_config(cfg))
+    check_logger(cfg.train.logger)
     check_weights(cfg)
     started = time.perf_counter()
     stages = []
@@ -164,7 +166,8 @@ def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path, progre
         log.warning("train.ensemble %d with transfer.classifier '%s': the classifier is fitted deterministically, "
                     "so the members are the same model", cfg.train.ensemble, cfg.transfer.classifier)
     trainer = FoldTrainer(cfg, data, out_dir, progress, distributed.local_device(resolve_device(cfg.train.device)),
-                          store=rundir.Checkpoints(out_dir, ensemble=cfg.train.ensemble > 1, writes=writes))
+                          store=rundir.Checkpoints(out_dir, ensemble=cfg.train.ensemble > 1, writes=writes),
+                          logger_for=partial(make_logger, cfg.train.logger, out_dir / rundir.LOGS, cfg.name))
     save = partial(artifact.save_fold, out_dir) if writes else _not_saved
     outcomes: list[FoldOutcome] = []
     for fold in data.folds:

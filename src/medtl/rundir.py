@@ -17,6 +17,7 @@ A run directory holds::
     model_card.md          the model card (``medtl card``; :mod:`medtl.report.card`), written after the run
     export/                exported inference graphs (``medtl export``; :mod:`medtl.export`), after the run
     run.log                the log of the run
+    logs/                  TensorBoard event files or an MLflow store per fold member (``train.logger``)
     complete.json          written last: the run finished; lists the files it wrote
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a reader
@@ -58,6 +59,7 @@ LOG = "run.log"
 MODEL_DIR = "model"
 MODEL_META = f"{MODEL_DIR}/model.json"
 STAGES = "stages"
+LOGS = "logs"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
 MODEL_CARD = "model_card.md"

@@ -25,6 +25,7 @@ import numpy as np
 import sklearn
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.loggers import Logger
 from sklearn.metrics import accuracy_score, roc_auc_score
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
@@ -179,6 +180,9 @@ class ClassifierModule(L.LightningModule):
             if key in self.trainer.callback_metrics:
                 row[key] = float(self.trainer.callback_metrics[key])
         self.history.append(row)
+        if self.logger is not None:  # train.logger: the epoch's training figures (validation ones are logged)
+            self.logger.log_metrics({k: float(v) for k, v in row.items() if k.startswith("train_") or k == "lr"},
+                                    step=self.current_epoch)
         if self.epoch_hook is not None:
             self.epoch_hook(self.history)
         log.info("epoch %d: %s", self.current_epoch,
@@ -547,8 +551,8 @@ def _fit_interruptible(trainer: L.Trainer, module: ClassifierModule, train_loade
 
 def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         seed: int, progress: bool = True, callbacks: list[L.Callback] | None = None,
-        checkpoint: Path | None = None, on_epoch: Callable[[list[dict[str, float]]], None] | None = None
-        ) -> FitResult:
+        checkpoint: Path | None = None, on_epoch: Callable[[list[dict[str, float]]], None] | None = None,
+        logger: Logger | None = None) -> FitResult:
     """Train ``module``; restore the best weights by ``train.early_stopping.monitor`` on ``val``.
 
     Without a validation set (or without early stopping) the weights of the last epoch are kept,
@@ -556,7 +560,8 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     ``checkpoint``: write a resumable checkpoint there after every epoch, and continue from it when it
     exists (loaded with ``weights_only=True``); ignored with ``train.ema_decay``, whose average is not
     checkpointed (such a fit restarts from its first epoch). ``on_epoch`` is called with the history after
-    every epoch.
+    every epoch; ``logger`` (a Lightning logger, e.g. :func:`medtl.train.loggers.make_logger`) receives the
+    epoch's figures too.
     """
     es = cfg.early_stopping
     monitor = (es.monitor if es else "val_auc") if val is not None and len(val) else None
@@ -569,7 +574,7 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
     saver = [EpochCheckpoint(checkpoint, train_loader.generator)] if checkpoint and not cfg.ema_decay else []
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accelerator(cfg), devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, logger=False,
+        strategy=cfg.strategy, logger=logger if logger is not None else False,
         enable_checkpointing=bool(saver), enable_model_summary=False, num_sanity_val_steps=0,
         enable_progress_bar=progress, deterministic=True,
         callbacks=[*(callbacks or []), *([WeightEma(cfg.ema_decay)] if cfg.ema_decay else []), keeper, *saver],

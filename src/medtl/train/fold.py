@@ -148,6 +148,10 @@ class FoldTrainer:
     """The epoch checkpoint of the member being trained (None: not checkpointed)."""
     on_epoch: Any = None
     """Called with the member's history after each epoch (None: nothing to tell)."""
+    logger_for: Any = None
+    """``(fold, member) -> Lightning logger or None`` (``train.logger``); None: no tracker."""
+    logger: Any = None
+    """The tracker of the member being trained."""
     callbacks: list[L.Callback] = field(default_factory=list)
     """Extra Lightning callbacks of every epoch-wise fit (e.g. ``medtl tune``'s pruning report)."""
 
@@ -190,6 +194,7 @@ class FoldTrainer:
         self.checkpoint = self.store.epoch_checkpoint(fold.index, member) if resumable else None
         store = self.store
         self.on_epoch = (lambda rows: store.live_history(fold.index, member, rows)) if store else None
+        self.logger = self.logger_for(fold.index, member) if self.logger_for else None
         try:
             result, probs = path.fit(self, model, fold, seed)
         except TrainingError as exc:
@@ -231,7 +236,7 @@ class FoldTrainer:
         """:func:`medtl.train.engine.fit` with the trainer's callbacks, the member's epoch checkpoint and history
         hook."""
         return fit(module, train, val, self.cfg.train, seed, self.progress, [*self.callbacks, *(callbacks or [])],
-                   checkpoint=self.checkpoint, on_epoch=self.on_epoch)
+                   checkpoint=self.checkpoint, on_epoch=self.on_epoch, logger=self.logger)
 
     def class_weights(self, fold: Fold) -> torch.Tensor | None:
         return class_weights_for(self.data.labels[fold.train], len(self.data.class_names),
