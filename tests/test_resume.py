@@ -88,3 +88,40 @@ def test_resume_refuses_another_config(brain_mri: Path, tmp_path: Path) -> None:
     (run / rundir.CONFIG).write_text("name: other\n")
     with pytest.raises(MedtlError, match="started with another config"):
         run_experiment(parse_config(config(brain_mri)), run, progress=False, resume=True)
+
+
+def study_yaml(root: Path) -> dict:
+    base = config(root)
+    base["train"] |= {"epochs": 3}
+    return {"name": "resume-study", "base": base, "baseline": "ft-0",
+            "axes": {"strategy": {"ft": {"transfer.strategy": "fine_tune"}},
+                     "seed": {"key": "train.seed", "values": [0, 1]}}}
+
+
+def test_kill_9_in_the_second_cell_of_a_study_then_rerun_gives_the_uninterrupted_study(brain_mri: Path,
+                                                                                       tmp_path: Path) -> None:
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(study_yaml(brain_mri), sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    finish(medtl("study", str(spec), "--out", str(tmp_path / "whole"), "--quiet", env=env))
+
+    out = tmp_path / "study"
+    proc = medtl("study", str(spec), "--out", str(out), "--quiet", env=env)
+    ckpt = out / "cells" / "ft-1" / rundir.CHECKPOINTS / "fold0-m0.ckpt"  # the second cell is training
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study ended before its second cell was checkpointed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rundir.is_complete(out / "cells" / "ft-0") and rundir.state(out / "cells" / "ft-1") == "unfinished"
+
+    finish(medtl("study", str(spec), "--out", str(out), "--quiet", env=env))
+    assert "continuing its unfinished run" in (out / "cells" / "ft-1" / rundir.LOG).read_text() or \
+        "resuming the unfinished run" in (out / "cells" / "ft-1" / rundir.LOG).read_text()
+    for cell in ("ft-0", "ft-1"):
+        assert comparable(out / "cells" / cell) == comparable(tmp_path / "whole" / "cells" / cell), cell
+    def table(study: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "run_dir"} for row in rundir.read_rows(study / "comparison.csv")]
+
+    assert table(out) == table(tmp_path / "whole")
