@@ -40,6 +40,16 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+def kill_9_when(proc: subprocess.Popen, path: Path, what: str) -> None:
+    """``kill -9`` the process as soon as ``path`` exists (it must still be running then)."""
+    deadline = time.monotonic() + 600
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the process ended before {what}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def comparable(run: Path) -> tuple[str, dict]:
     metrics = json.loads((run / rundir.METRICS).read_text())
     metrics.pop("seconds")
@@ -54,13 +64,7 @@ def test_kill_9_in_fold_2_then_resume_gives_the_uninterrupted_metrics(brain_mri:
 
     run = tmp_path / "run"
     proc = medtl("train", str(cfg), "--out", str(run), "--quiet", env=env)
-    ckpt = run / rundir.CHECKPOINTS / "fold1-m0.ckpt"  # fold 2 has finished at least one epoch
-    deadline = time.monotonic() + 600
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before fold 2 was checkpointed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_when(proc, run / rundir.CHECKPOINTS / "fold1-m0.ckpt", "fold 2 was checkpointed")
     assert rundir.state(run) == "unfinished"
     assert (run / "model" / "fold0.safetensors").is_file() and not (run / "model" / "fold2.safetensors").exists()
     live = rundir.read_rows(run / rundir.HISTORY)  # history.csv grows epoch by epoch, not at the end
@@ -107,13 +111,7 @@ def test_kill_9_in_the_second_cell_of_a_study_then_rerun_gives_the_uninterrupted
 
     out = tmp_path / "study"
     proc = medtl("study", str(spec), "--out", str(out), "--quiet", env=env)
-    ckpt = out / "cells" / "ft-1" / rundir.CHECKPOINTS / "fold0-m0.ckpt"  # the second cell is training
-    deadline = time.monotonic() + 600
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the study ended before its second cell was checkpointed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_when(proc, out / "cells" / "ft-1" / rundir.CHECKPOINTS / "fold0-m0.ckpt", "its second cell was checkpointed")
     assert rundir.is_complete(out / "cells" / "ft-0") and rundir.state(out / "cells" / "ft-1") == "unfinished"
 
     finish(medtl("study", str(spec), "--out", str(out), "--quiet", env=env))
