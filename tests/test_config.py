@@ -170,13 +170,18 @@ def test_top_level_must_be_a_mapping() -> None:
     ("train.ema_decay=1.5", "train.ema_decay"),
     ("evaluate.tta=hflip-zoom", "Did you mean 'hflip_zoom'"),
     ("train.ensemble=0", "train.ensemble"),
+    ("train.loss=focall", "Did you mean 'focal'"),
+    ("train.sampler=balance", "Did you mean 'balanced'"),
+    ("train.focal_gamma=-1", "train.focal_gamma"),
 ])
 def test_bad_values_of_the_new_training_keys_are_named(tmp_path: Path, override: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_config(write(tmp_path, EXAMPLE), [override])
     good = load_config(write(tmp_path, EXAMPLE), ["train.early_stopping.ties=lower_loss", "train.ema_decay=0.9",
-                                                  "evaluate.tta=hflip_zoom", "train.ensemble=3"])
+                                                  "evaluate.tta=hflip_zoom", "train.ensemble=3", "train.loss=focal",
+                                                  "train.sampler=balanced", "train.focal_gamma=1"])
     assert good.train.early_stopping.ties == "lower_loss" and good.train.ema_decay == 0.9
+    assert (good.train.loss, good.train.sampler, good.train.focal_gamma) == ("focal", "balanced", 1.0)
     assert good.evaluate.tta == "hflip_zoom" and good.train.ensemble == 3
 
 

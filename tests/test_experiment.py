@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medtl import artifact
 from medtl.cli import app
-from medtl.config import parse_config
+from medtl.config import load_config, parse_config
 from medtl.data.images import open_image, to_array
 from medtl.errors import DataError, MedtlError, TrainingError
 from medtl.evaluate.calibration import apply_temperature
@@ -377,3 +377,21 @@ def test_cutmix_on_a_frozen_feature_head_is_a_clear_error(brain_mri: Path, tmp_p
     cfg = tiny_config(brain_mri, train={"cutmix": 1.0})  # feature extraction: the head trains on pooled features
     with pytest.raises(TrainingError, match="train.cutmix needs image-shaped input"):
         run_experiment(parse_config(cfg), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("train", [{"loss": "focal", "focal_gamma": 1.5, "class_weights": "balanced"},
+                                   {"sampler": "balanced", "label_smoothing": 0.1}])
+def test_focal_loss_and_balanced_sampler_train_end_to_end_and_are_recorded(brain_mri: Path, tmp_path: Path,
+                                                                           train: dict) -> None:
+    cfg = tiny_config(brain_mri, transfer={"strategy": "scratch"}, model={"backbone": "small_cnn", "weights": "none"},
+                      train={"lr": 0.003, **train})
+    # about 2:1 (5% of the 155 positives kept, 15 negatives), with augmented copies of the training positives:
+    # the sampler reads the labels of the training set with its copies
+    cfg["data"]["strategy"] = {"subsample": {"yes": 0.05}, "expand": {"yes": 1}}
+    out = tmp_path / "run"
+    metrics = run_experiment(parse_config(cfg), out, progress=False)
+    resolved = load_config(out / "config.yaml").train
+    assert {key: getattr(resolved, key) for key in train} == train
+    assert 20 <= metrics["n"] < 25 and 0.0 <= metrics["auc"]["value"] <= 1.0
+    loss = [float(r["train_loss"]) for r in csv.DictReader((out / "history.csv").read_text().splitlines())]
+    assert len(loss) == 3 * 2 and all(np.isfinite(loss))  # 3 epochs of each of the 2 folds

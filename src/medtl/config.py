@@ -373,7 +373,20 @@ class TrainConfig(StrictModel):
     mixup: float = Field(0.0, ge=0.0)
     cutmix: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(1.0, gt=0.0, le=1.0)
+    # ``balanced``: per-class loss weights n / (K · n_k) from the fold's training labels (scikit-learn's rule);
+    # with ``loss: focal`` they are the focal loss's alpha (alpha-balanced focal loss). docs/imbalance.md.
     class_weights: Literal["none", "balanced"] = "none"
+    # ``focal``: the softmax focal loss of Lin et al. (2017), each image's cross-entropy times (1 - p_t)^focal_gamma
+    # (p_t: the probability given to its true class), so easy, well-classified images count less; works with
+    # label smoothing and Mixup / CutMix soft targets (medtl.train.losses). ``focal_gamma: 0`` is cross-entropy.
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0.0)
+    # ``balanced``: each epoch draws len(training set) images with replacement, each with probability
+    # proportional to 1 / (its class's count), so every class is drawn about equally often (torch
+    # ``WeightedRandomSampler`` on the fit's seeded generator: deterministic and resumable). With ``ddp`` Lightning
+    # splits each epoch's draw over the processes. Combined with ``class_weights: balanced`` the minority class
+    # is corrected twice (a warning is logged). ``shuffle``: every image once per epoch, in random order.
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     early_stopping: EarlyStoppingConfig | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

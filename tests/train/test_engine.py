@@ -477,16 +477,19 @@ class _StopAfter(L.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("mixup", [0.0, 0.4])
-def test_a_fit_resumed_from_its_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path, mixup: float) -> None:
-    """Weights, optimizer, schedule, early stopping, history, RNG and data order all continue exactly."""
+@pytest.mark.parametrize(("mixup", "imbalance"), [(0.0, {}), (0.4, {}), (0.0, {"sampler": "balanced"}),
+                                                  (0.4, {"sampler": "balanced", "loss": "focal"})])
+def test_a_fit_resumed_from_its_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path, mixup: float,
+                                                                              imbalance: dict) -> None:
+    """Weights, optimizer, schedule, early stopping, history, RNG and data order (shuffled, or the balanced
+    sampler's draw) all continue exactly."""
     from medtl.train import engine
 
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(48, 6, generator=g), torch.randint(0, 2, (48,), generator=g)
+    x, y = torch.randn(48, 6, generator=g), (torch.rand(48, generator=g) < 0.25).long()
     train, val = TensorDataset(x[:32], y[:32]), TensorDataset(x[32:], y[32:])
     cfg = TrainConfig(epochs=5, batch_size=8, lr=0.05, warmup_epochs=1, mixup=mixup,
-                      early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=10))
+                      early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=10), **imbalance)
 
     def run(checkpoint, callbacks=None):
         L.seed_everything(1, verbose=False)  # as every fold member does

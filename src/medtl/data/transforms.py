@@ -94,6 +94,10 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def targets(self) -> np.ndarray:
+        """The label of every item, in item order (no image is read; ``train.sampler: balanced``)."""
+        return np.asarray(self.labels)[self.indices]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         idx = self.indices[i]
         x = torch.from_numpy(np.ascontiguousarray(take_one(self.images, idx))).permute(2, 0, 1)

@@ -1,5 +1,5 @@
 """The training engine: a Lightning module around any classifier, best-weights early stopping,
-warm-up + cosine learning-rate schedule, class weights and a NaN guard.
+warm-up + cosine learning-rate schedule, class weights, the focal loss, a class-balanced sampler and a NaN guard.
 
 Lightning is the engine so that the same code runs on a laptop CPU, one GPU (AMP) or several
 processes (``train.strategy: ddp``; :mod:`medtl.train.distributed`). With several processes every one
@@ -30,12 +30,13 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset, WeightedRandomSampler
 
 from medtl.config import TrainConfig
 from medtl.errors import TrainingError
 from medtl.train.device import resolve_device
 from medtl.train.distributed import IndexedDataset, gather_unique, per_process_batch, world_size
+from medtl.train.losses import make_losses
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class FitResult:
 
 
 class ClassifierModule(L.LightningModule):
-    """Cross-entropy training of ``model``; ``prepare`` maps a raw batch to model input."""
+    """Training of ``model`` by ``train.loss`` (cross-entropy or focal); ``prepare`` maps a raw batch to model input."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, positive_index: int | None,
                  class_weights: torch.Tensor | None = None,
@@ -69,10 +70,8 @@ class ClassifierModule(L.LightningModule):
         self.cfg = cfg
         self.positive_index = positive_index
         self.prepare = prepare or (lambda x: x)
-        self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-        # Mixed batches carry soft targets that already include the label smoothing. With class weights,
-        # torch averages a soft-target loss over images, not over the weights (a constant rescaling).
-        self.soft_loss_fn = nn.CrossEntropyLoss(weight=class_weights)
+        # Mixed batches carry soft targets that already include the label smoothing (soft_loss_fn).
+        self.loss_fn, self.soft_loss_fn = make_losses(cfg, class_weights)
         self.mixer: Mixup | None = None
         self.history: list[dict[str, float]] = []
         self.epoch_hook: Callable[[list[dict[str, float]]], None] | None = None
@@ -502,19 +501,58 @@ def lightning_precision(cfg: TrainConfig) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "16-mixed"}[cfg.precision]
 
 
-def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, batch_size: int | None = None) -> DataLoader:
+def loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, batch_size: int | None = None,
+           balanced: bool = False) -> DataLoader:
     """A DataLoader sized to the machine: in-process on CPU, workers on GPU; ``batch_size`` (default
-    ``train.batch_size``) per process.
+    ``train.batch_size``) per process. ``balanced``: draw with :func:`balanced_sampler` instead of shuffling.
 
-    With several processes Lightning replaces the sampler by a ``DistributedSampler`` seeded from the
-    fit's seed (``seed_everything``), so each process reads its share of the images.
+    With several processes Lightning replaces a shuffling sampler by a ``DistributedSampler`` seeded from the
+    fit's seed (``seed_everything``), so each process reads its share of the images; a balanced sampler it
+    wraps in its ``DistributedSamplerWrapper``: every process makes the same draw (same seed) and reads its
+    share of it.
     """
     cuda = resolve_device(cfg.device) == "cuda"
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if cuda else 0)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, drop_last=False, persistent_workers=workers > 0,
-                      pin_memory=cuda)
+    sampler = balanced_sampler(dataset_targets(dataset), generator) if balanced else None
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=workers, generator=generator, drop_last=False,
+                      persistent_workers=workers > 0, pin_memory=cuda)
+
+
+def balanced_sampler(labels: np.ndarray, generator: torch.Generator) -> WeightedRandomSampler:
+    """A class-balanced sampler: ``len(labels)`` draws with replacement, each image weighted by 1 / (its class's
+    count), so each class present is drawn with equal probability.
+
+    ``generator`` makes the draw (the loader's own, so the epoch checkpoint's generator state covers it).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size == 0:
+        raise TrainingError("train.sampler 'balanced' needs training images; the training set is empty")
+    counts = np.bincount(labels)
+    weights = torch.from_numpy(1.0 / counts[labels]).double()
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray:
+    """The labels of a training set's items, in item order, read without loading the images.
+
+    Understands datasets with a ``targets()`` method (medtl's image and cached-activation datasets),
+    ``TensorDataset`` (labels in its last tensor), ``Subset`` and ``ConcatDataset`` of those.
+
+    Raises:
+        TrainingError: The dataset's labels cannot be read this way.
+    """
+    if hasattr(dataset, "targets") and callable(dataset.targets):
+        return np.asarray(dataset.targets(), dtype=np.int64)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[-1].numpy().astype(np.int64)
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_targets(d) for d in dataset.datasets])
+    raise TrainingError(f"train.sampler 'balanced' cannot read the labels of a {type(dataset).__name__}: give it a "
+                        "targets() method returning the label of every item, or use train.sampler: shuffle")
 
 
 def min_epochs(cfg: TrainConfig) -> int:
@@ -569,7 +607,11 @@ def fit(module: ClassifierModule, train: Dataset, val: Dataset | None, cfg: Trai
                          es.tie_tolerance if es else 0.0, min_epochs(cfg),  # None: one standard error
                          es.ties if es else "lower_loss")
     batch = per_process_batch(cfg, world_size(cfg, accelerator(cfg) == "gpu"))
-    train_loader = loader(train, cfg, shuffle=True, seed=seed, batch_size=batch)
+    if cfg.sampler == "balanced" and cfg.class_weights == "balanced":
+        log.warning("train.sampler 'balanced' with train.class_weights 'balanced' corrects the class imbalance "
+                    "twice (balanced batches, then weights favouring the rarer classes); use one of them unless "
+                    "that is intended (docs/imbalance.md)")
+    train_loader = loader(train, cfg, shuffle=True, seed=seed, batch_size=batch, balanced=cfg.sampler == "balanced")
     val_loader = loader(IndexedDataset(val), cfg, shuffle=False, seed=seed, batch_size=batch) if monitor else None
     saver = [EpochCheckpoint(checkpoint, train_loader.generator)] if checkpoint and not cfg.ema_decay else []
     trainer = L.Trainer(

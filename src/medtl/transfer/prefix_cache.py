@@ -648,6 +648,10 @@ class PrefixViewsDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
 
+    def targets(self) -> np.ndarray:
+        """The label of every item, in item order (``train.sampler: balanced``)."""
+        return self.labels[self.indices]
+
     def view_of(self, i: int) -> int:
         """The view item ``i`` shows in the current epoch."""
         epoch = int(self._epoch)
