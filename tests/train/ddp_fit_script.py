@@ -1,6 +1,7 @@
 """One :func:`medtl.train.engine.fit` of a tiny classifier, run as a script by tests/train/test_ddp.py.
 
     python ddp_fit_script.py OUT_DIR DEVICES [--num-nodes N] [--device cuda] [--checkpoint PATH [--kill-at EPOCH]]
+                             [--sampler balanced]
 
 With DEVICES > 1 (or NUM_NODES > 1) the fit uses ``train.strategy: ddp`` on CPU (gloo) and Lightning's
 launcher re-executes this script once per extra process. Each process writes ``rank<r>.json``: the
@@ -74,7 +75,8 @@ def blobs(n: int, offset: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.cat([torch.arange(offset, offset + n).float()[:, None], x], 1), y)
 
 
-def main(out: Path, devices: int, num_nodes: int, device: str, checkpoint: Path | None, kill_at: int | None) -> None:
+def main(out: Path, devices: int, num_nodes: int, device: str, checkpoint: Path | None, kill_at: int | None,
+         sampler: str = "shuffle") -> None:
     gathered: list[list[int]] = []
     plain = engine.gather_unique
 
@@ -86,8 +88,7 @@ def main(out: Path, devices: int, num_nodes: int, device: str, checkpoint: Path 
     engine.gather_unique = recorded  # records what the module gathers; the computation is the library's
     cfg = TrainConfig(optimizer="sgd", lr=0.1, batch_size=4, epochs=3, device=device, num_workers=0, progress=False,
                       scheduler="constant", warmup_epochs=0.0, devices=devices, num_nodes=num_nodes,
-                      strategy="ddp" if devices * num_nodes > 1 else "auto",
-                      )
+                      strategy="ddp" if devices * num_nodes > 1 else "auto", sampler=sampler)
     L.seed_everything(0, verbose=False)
     seen = SeenIndices()
     module = engine.ClassifierModule(WithoutIndex(), cfg, positive_index=1)
@@ -108,5 +109,6 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--sampler", default="shuffle")
     a = parser.parse_args()
-    main(a.out, a.devices, a.num_nodes, a.device, a.checkpoint, a.kill_at)
+    main(a.out, a.devices, a.num_nodes, a.device, a.checkpoint, a.kill_at, a.sampler)

@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,24 @@ def test_two_processes_read_every_image_each_epoch_and_validate_each_image_once(
     assert two[0]["best_epoch"] == two[1]["best_epoch"]
     for a, b in zip(one["history"], two[0]["history"], strict=True):
         assert abs(a["val_loss"] - b["val_loss"]) < 0.1
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_one_process_balanced_draw(tmp_path: Path) -> None:
+    """train.sampler: balanced under ddp: each process makes the same seeded draw and Lightning's
+    DistributedSamplerWrapper gives each its share; together they read the one-process draw (plus one
+    padding repeat, 21 items over 2 processes)."""
+    [one] = fit_records(tmp_path / "one", 1, "--sampler", "balanced")
+    two = fit_records(tmp_path / "two", 2, "--sampler", "balanced")
+    for epoch in range(3):
+        drawn = Counter(one["train"][epoch])
+        assert sum(drawn.values()) == one["n_train"] and len(drawn) < one["n_train"]  # with replacement
+        shares = [r["train"][epoch] for r in two]
+        assert [len(s) for s in shares] == [-(-one["n_train"] // 2)] * 2
+        together = Counter(shares[0] + shares[1])
+        assert together - drawn and sum((together - drawn).values()) == 1 and not drawn - together
+    assert one["train"][0] != one["train"][1]  # a new draw every epoch
+    assert two[0]["history"] == two[1]["history"]
 
 
 @pytest.mark.slow
