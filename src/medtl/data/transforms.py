@@ -3,22 +3,36 @@
 Images are decoded and resized once (``medtl.data.sources.load_images``) and held as uint8
 ``(N, S, S, C)``; these datasets only augment, replicate grayscale to the model's three
 channels and normalise with the weights' mean/std.
+
+Augmentation: the torchvision v2 ops of ``data.augment`` (flips, affine, colour jitter) first, then
+the albumentations families (elastic, grid distortion, gamma, CLAHE, blur, noise, erasing), which
+torchvision lacks in part (CLAHE, grid distortion, random gamma). albumentations draws from its own
+generators; :class:`AlbumentationsFamilies` reseeds them from torch's RNG on every image, so every
+path that seeds torch (DataLoader workers, offline copies, cached prefix views) reproduces its images.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from medtl.config import AugmentConfig
+from medtl.config import AugmentConfig, AugmentFamily
 from medtl.data.storage import take_one
 
 
 def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
-    """The train-time augmentation pipeline on uint8 CHW tensors, or None when none is set."""
+    """The train-time augmentation pipeline on uint8 CHW tensors, or None when none is set.
+
+    Without albumentations families the pipeline is exactly the torchvision one (same ops, same draws
+    from torch's RNG); the families come after it as one :class:`AlbumentationsFamilies` step.
+    """
     if not cfg.active:
         return None
     ops: list[torch.nn.Module] = []
@@ -33,7 +47,59 @@ def build_augment(cfg: AugmentConfig) -> v2.Compose | None:
                                    interpolation=v2.InterpolationMode.BILINEAR))
     if cfg.brightness or cfg.contrast:
         ops.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
+    if cfg.families:
+        ops.append(AlbumentationsFamilies(cfg.families))
     return v2.Compose(ops)
+
+
+def albumentations_transform(name: str, fam: AugmentFamily) -> A.BasicTransform:
+    """The albumentations transform of family ``name`` (a key of ``medtl.config.AUGMENT_FAMILIES``)."""
+    f: Any = fam
+    if name == "elastic":
+        return A.ElasticTransform(alpha=f.alpha, sigma=f.sigma, border_mode=cv2.BORDER_CONSTANT, fill=0, p=f.p)
+    if name == "grid":
+        return A.GridDistortion(num_steps=f.steps, distort_limit=(-f.limit, f.limit), border_mode=cv2.BORDER_CONSTANT,
+                                fill=0, p=f.p)
+    if name == "gamma":
+        return A.RandomGamma(gamma_limit=(f.range[0] * 100, f.range[1] * 100), p=f.p)
+    if name == "clahe":
+        return A.CLAHE(clip_limit=(f.clip, f.clip), tile_grid_size=(f.tiles, f.tiles), p=f.p)
+    if name == "blur":
+        return A.GaussianBlur(blur_limit=0, sigma_limit=tuple(f.sigma), p=f.p)
+    if name == "noise":
+        return A.GaussNoise(std_range=tuple(f.std), per_channel=False, p=f.p)
+    if name == "erasing":
+        return A.Erasing(scale=tuple(f.area), fill=0, p=f.p)
+    raise ValueError(f"augmentation family {name!r}: not one of medtl.config.AUGMENT_FAMILIES")
+
+
+class AlbumentationsFamilies(torch.nn.Module):
+    """albumentations families on a uint8 CHW tensor, their random draws seeded from torch's RNG.
+
+    Each call draws one 63-bit seed with ``torch.randint`` and reseeds the albumentations pipeline with
+    it, so the result depends only on torch's RNG state (seeded per DataLoader worker by Lightning, per
+    copy or per cached view by medtl), never on albumentations' own global state.
+
+    Args:
+        families: ``{name: config}`` in application order (``AugmentConfig.families``).
+    """
+
+    def __init__(self, families: dict[str, AugmentFamily]) -> None:
+        super().__init__()
+        self.names = list(families)
+        self.pipeline = A.Compose([albumentations_transform(n, f) for n, f in families.items()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+        self.pipeline.set_random_seed(seed)
+        image = np.ascontiguousarray(x.permute(1, 2, 0).numpy())
+        out = self.pipeline(image=image)["image"]
+        if out.ndim == 2:  # one channel in, one channel out
+            out = out[..., None]
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(self.names)
 
 
 TTA_VIEWS: dict[str, tuple[str, ...]] = {

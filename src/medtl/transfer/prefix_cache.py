@@ -244,12 +244,13 @@ def prefix_key(split: PrefixSplit, backbone: str, preprocessing: object, augment
         split: The split whose prefix is cached.
         backbone: The architecture name (``cfg.model.backbone``).
         preprocessing: A ``medtl.models.network.Preprocessing`` (or any dataclass / mapping).
-        augment: The augmentation of views k > 0.
+        augment: The augmentation of views k > 0; every field enters the key, the albumentations
+            families only when set (so keys of configs without families are those of earlier versions).
         seed: Seed of the augmented views.
     """
     pre = asdict(preprocessing) if is_dataclass(preprocessing) else dict(preprocessing)  # type: ignore[arg-type]
     return PrefixKey(module_sha256(split.prefix), backbone, split.cut, pre,
-                     augment.model_dump() if augment is not None else {}, seed)
+                     augment.model_dump(exclude_none=True) if augment is not None else {}, seed)
 
 
 def images_sha256(images: np.ndarray, indices: np.ndarray, chunk: int = 256) -> str:
