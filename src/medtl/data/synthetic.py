@@ -100,12 +100,12 @@ def check_fingerprints(cfg: SyntheticConfig, samples: list[Sample], folds: list,
 
 
 def class_quota(real_labels: np.ndarray, n_classes: int, fraction: float) -> np.ndarray:
-    """Synthetic images per class: ``round(fraction × n_real)`` in all, split in the real class proportions.
+    """Synthetic images per class: ``fraction × n_real`` (rounded half up) in all, in the real class proportions.
 
     The split uses largest remainders, so the per-class counts add up to the total exactly.
     """
     counts = np.bincount(np.asarray(real_labels, dtype=np.int64), minlength=n_classes)
-    total = int(round(fraction * counts.sum()))
+    total = int(np.floor(fraction * counts.sum() + 0.5))
     exact = total * counts / max(counts.sum(), 1)
     quota = np.floor(exact).astype(np.int64)
     for c in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:

@@ -38,7 +38,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
         raise ValueError(f"Fréchet distance needs at least 2 samples per set (got {len(a)} and {len(b)})")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(s1)) * eps
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
