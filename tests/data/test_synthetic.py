@@ -26,7 +26,8 @@ CLASSES = ["no", "yes"]
 
 
 def samples(n: int = 10) -> list[Sample]:
-    return [Sample(id=f"img{i:02d}", path=f"/x/img{i:02d}.png", label=i % 2, patient=None, split=None) for i in range(n)]
+    return [Sample(id=f"img{i:02d}", path=f"/x/img{i:02d}.png", label=i % 2, patient=None, split=None)
+            for i in range(n)]
 
 
 def folds() -> list[Fold]:
