@@ -209,6 +209,37 @@ def tune(config: Annotated[Path, typer.Argument(help="Experiment YAML with a sea
 
 @app.command()
 @handled
+def synth(config: Annotated[Path, typer.Argument(help="Experiment YAML (its data, split and seed are used).")],
+          out_dir: Annotated[Path, typer.Option("--out", help="Folder for the synthetic images, manifest.csv and "
+                                                "synth.json.")],
+          size: Annotated[int, typer.Option(help="Generator image size: 64 or 128 (32 for quick tests).")] = 64,
+          steps: Annotated[int, typer.Option(min=1, help="GAN updates per fold.")] = 1000,
+          batch_size: Annotated[int, typer.Option(min=1, help="Real images per GAN update.")] = 32,
+          lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate of both networks.")] = 2e-4,
+          width: Annotated[int, typer.Option(min=4, help="Base channel width of the networks.")] = 32,
+          per_class: Annotated[int | None, typer.Option(min=1, help="Images per class and fold (default: as many "
+                                                        "as the class's real training images).")] = None,
+          seed: Annotated[int | None, typer.Option(help="Seed of fold 0 (fold k: seed + k); default train.seed.")]
+          = None,
+          quality: Annotated[bool, typer.Option("--quality/--no-quality", help="FD (Lite0 features) and "
+                                                "precision/recall per fold.")] = True,
+          overrides: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value")] = None,
+          quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False) -> None:
+    """Train a class-conditional GAN on each fold's training images only; write synthetic images for data.synthetic."""
+    from medtl.config import load_config
+    from medtl.synth import SynthOptions, run_synth, synth_table
+
+    _out_dir(out_dir, "--out")
+    cfg = load_config(config, overrides or [])
+    options = SynthOptions(size=size, steps=steps,
+                           batch_size=batch_size, lr=lr, width=width, per_class=per_class, seed=seed, quality=quality)
+    summary = run_synth(cfg, out_dir, options, progress=not quiet)
+    _out().print(synth_table(summary))
+    _out().print(f"synthetic images: {out_dir} (use data.synthetic: {{dir: {out_dir}, fraction: 0.5}})")
+
+
+@app.command()
+@handled
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
              data: Annotated[Path | None, typer.Option(help="YAML with a data block, or an image folder.")] = None,
              out_file: Annotated[Path | None, typer.Option("--out", help="Write metrics JSON here.")] = None,

@@ -306,6 +306,20 @@ Kept here rather than on the source classes: the sources import this module, so 
 them (the one per-source fact the schema needs)."""
 
 
+class SyntheticConfig(StrictModel):
+    """Synthetic training images made by ``medtl synth`` (``data.synthetic``), mixed into each fold's training set.
+
+    Fold k's training set gets ``round(fraction × its real training images)`` synthetic images from
+    ``dir/fold{k}``, in the real training set's class proportions, resized like the real images. They
+    are training-only extras: never in validation, test, predictions, splits.csv or the audit. The run
+    refuses a ``dir`` made for another split (``dir/synth.json`` holds each fold's training-set
+    fingerprint; see :mod:`medtl.data.synthetic`).
+    """
+
+    dir: Path  # the --out folder of `medtl synth` (relative paths: against the config file's folder)
+    fraction: float = Field(0.5, ge=0.0, le=20.0)  # synthetic images per real training image
+
+
 class DataConfig(StrictModel):
     """Where the images are, how they are labelled, split, resized and augmented."""
 
@@ -341,6 +355,8 @@ class DataConfig(StrictModel):
     # chunk (disk: RSS does not grow with the number of images); auto = memory up to 2 GiB decoded
     # ($MEDTL_STORAGE_MEMORY_GB), disk above (medtl.data.storage).
     storage: Literal["auto", "memory", "disk"] = "auto"
+    # GAN-made training images of each fold (`medtl synth`); None: real images only
+    synthetic: SyntheticConfig | None = None
 
     @model_validator(mode="after")
     def _source_has_location(self) -> DataConfig:
@@ -769,6 +785,8 @@ def _resolve_data_paths(data: DataConfig, base: Path) -> None:
             setattr(data, key, (base / value).resolve())
     if data.strategy.slice_csv is not None and not data.strategy.slice_csv.is_absolute():
         data.strategy.slice_csv = (base / data.strategy.slice_csv).resolve()
+    if data.synthetic is not None and not data.synthetic.dir.is_absolute():
+        data.synthetic.dir = (base / data.synthetic.dir).resolve()
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -27,6 +27,7 @@ from medtl import artifact, rundir
 from medtl.config import ExperimentConfig, dump_config
 from medtl.data.sources import load_images, load_table
 from medtl.data.splits import assign_groups, make_folds, near_duplicate_links, write_manifest
+from medtl.data.synthetic import check_fingerprints
 from medtl.errors import RunInterrupted
 from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.label_issues import audit_labels
@@ -122,6 +123,8 @@ def _run(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
         cfg, stages = run_bridge_stages(cfg, out_dir / rundir.STAGES, progress)
     data = prepare_data(cfg, progress)
     check_validation(cfg.evaluate, data.positive_index, len(data.class_names), [len(f.val) for f in data.folds])
+    if cfg.data.synthetic is not None:  # a synthetic set made for another split fails before any training
+        check_fingerprints(cfg.data.synthetic, data.loaded.table.samples, data.folds, data.class_names)
     with rundir.atomic_path(out_dir / rundir.SPLITS) as tmp:
         write_manifest(tmp, data.loaded.table, data.groups, data.folds)
     outcomes, spec = train_folds(cfg, data, out_dir, progress)
@@ -321,6 +324,8 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
         metrics["model"]["truncation"] = truncation_report(cfg, model)
     metrics["warnings"] = collapse_warnings(metrics, data.labels[idx])
     metrics["epochs_trained"] = [len(o.fit.history) for o in outcomes]
+    if cfg.data.synthetic is not None:
+        metrics["synthetic"] = synthetic_summary(cfg, outcomes)
     if cfg.train.ensemble > 1:
         metrics["ensemble"] = {"members": cfg.train.ensemble, "seed_stride": ENSEMBLE_SEED_STRIDE,
                                "epochs_trained": [[len(f.history) for f in o.members] for o in outcomes]}
@@ -328,6 +333,15 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
     metrics["name"] = cfg.name
     metrics["environment"] = environment(resolve_device(cfg.train.device))  # provenance (issue 19)
     return metrics
+
+
+def synthetic_summary(cfg: ExperimentConfig, outcomes: list[FoldOutcome]) -> dict:
+    """How many synthetic images each fold trained on (``data.synthetic``), next to its real training images."""
+    assert cfg.data.synthetic is not None
+    per_fold = [{"fold": o.fold.index, "n_real": len(o.fold.train), "n_synthetic": sum(o.synthetic.values()),
+                 "per_class": o.synthetic} for o in outcomes]
+    return {"dir": str(cfg.data.synthetic.dir), "fraction": cfg.data.synthetic.fraction, "per_fold": per_fold,
+            "n_synthetic": sum(f["n_synthetic"] for f in per_fold)}
 
 
 def collapse_warnings(metrics: dict, labels: np.ndarray) -> list[str]:

@@ -26,12 +26,13 @@ from typing import Any, ClassVar, Protocol
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from medtl.config import ExperimentConfig
 from medtl.data.sources import LoadedImages
 from medtl.data.splits import Fold
 from medtl.data.strategy import training_dataset
+from medtl.data.synthetic import SyntheticSet, check_fingerprints, load_fold_synthetic
 from medtl.data.transforms import TTA_VIEWS, ImageArrayDataset, Normalizer, build_augment
 from medtl.errors import MedtlError, TrainingError
 from medtl.models.cuts import cut_points
@@ -90,6 +91,8 @@ class FoldOutcome:
     """The fold's model files, one per member."""
     member_probs: list[np.ndarray] = field(default_factory=list)
     """Each member's test probabilities (their mean is ``probs``)."""
+    synthetic: dict[str, int] = field(default_factory=dict)
+    """Synthetic training images per class (``data.synthetic``); empty without."""
 
 
 class MemberStore(Protocol):
@@ -154,6 +157,8 @@ class FoldTrainer:
     """The tracker of the member being trained."""
     callbacks: list[L.Callback] = field(default_factory=list)
     """Extra Lightning callbacks of every epoch-wise fit (e.g. ``medtl tune``'s pruning report)."""
+    synthetic: SyntheticSet | None = None
+    """The synthetic training images of the fold being trained (``data.synthetic``), or None."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -163,6 +168,7 @@ class FoldTrainer:
         """Every ensemble member of ``fold``; ``save(fold_index, model, member)`` stores a member's weights
         and returns its file name."""
         started = time.perf_counter()
+        self.synthetic = self.fold_synthetic(fold)
         fits, test_probs, val_probs, files = [], [], [], []
         for member in range(self.cfg.train.ensemble):
             done = self.store.finished(fold.index, member) if self.store else None
@@ -179,7 +185,30 @@ class FoldTrainer:
             val_probs.append(val)
         return FoldOutcome(fold, np.mean(test_probs, axis=0), fits[0], time.perf_counter() - started,
                            val_probs=np.mean(val_probs, axis=0), members=fits, files=files,
-                           member_probs=test_probs)
+                           member_probs=test_probs,
+                           synthetic=self.synthetic.counts(self.data.class_names) if self.synthetic else {})
+
+    def fold_synthetic(self, fold: Fold) -> SyntheticSet | None:
+        """Fold ``fold``'s synthetic training images (``data.synthetic``), after checking they were made from
+        exactly this fold's training set; None without ``data.synthetic`` or at fraction 0."""
+        cfg = self.cfg.data.synthetic
+        if cfg is None or cfg.fraction == 0:
+            return None
+        check_fingerprints(cfg, self.data.loaded.table.samples, [fold], self.data.class_names)
+        return load_fold_synthetic(cfg, fold.index, self.data.labels[fold.train], self.data.class_names,
+                                   self.cfg.data.image_size, self.data.loaded.color, self.cfg.data.resize)
+
+    def training_labels(self, fold: Fold) -> np.ndarray:
+        """Labels of the fold's training set: the real training images, then the synthetic ones."""
+        real = self.data.labels[fold.train]
+        return real if self.synthetic is None else np.concatenate([real, self.synthetic.labels])
+
+    def synthetic_features(self, model: TransferNet) -> torch.Tensor | None:
+        """Frozen backbone features of the fold's synthetic images (the plain view), or None."""
+        if self.synthetic is None:
+            return None
+        return embed(model.backbone, self.normalizer(), self.synthetic.images, np.arange(len(self.synthetic.labels)),
+                     device=self.device, fast=self.cfg.train.fast_inference)
 
     def train_member(self, fold: Fold, member: int) -> tuple[FitResult, np.ndarray, np.ndarray]:
         """One model: seed, build, freeze, fit by the chosen path; its test and validation probabilities."""
@@ -239,15 +268,19 @@ class FoldTrainer:
                    checkpoint=self.checkpoint, on_epoch=self.on_epoch, logger=self.logger)
 
     def class_weights(self, fold: Fold) -> torch.Tensor | None:
-        return class_weights_for(self.data.labels[fold.train], len(self.data.class_names),
-                                 self.cfg.train.class_weights)
+        return class_weights_for(self.training_labels(fold), len(self.data.class_names), self.cfg.train.class_weights)
 
     def probe(self, model: TransferNet, fold: Fold, seed: int, feats: torch.Tensor | None = None) -> None:
-        """LP-FT: start the head from a logistic regression on frozen features of the training part."""
+        """LP-FT: start the head from a logistic regression on frozen features of the training part.
+
+        ``feats``: the features of the training set (real images, then synthetic ones); None: computed here.
+        """
         if feats is None:
             feats = embed(model.backbone, self.normalizer(), self.data.loaded.images, fold.train,
                           fast=self.cfg.train.fast_inference)
-        init_head(model.head, feats, self.data.labels[fold.train], len(self.data.class_names),
+            extra = self.synthetic_features(model)
+            feats = feats if extra is None else torch.cat([feats, extra])
+        init_head(model.head, feats, self.training_labels(fold), len(self.data.class_names),
                   self.cfg.transfer.probe_c, seed)
 
     def keep_last_good(self, exc: TrainingError, fold: Fold) -> str:
@@ -303,7 +336,11 @@ class ClassicalFit(FitPath):
         assert t.bank is not None
         idx = np.concatenate([fold.train, fold.val])
         method = t.cfg.transfer.classifier
-        if not init_head(model.head, t.bank[0][idx], t.data.labels[idx], len(t.data.class_names),
+        feats, labels = t.bank[0][idx], t.data.labels[idx]
+        extra = t.synthetic_features(model)
+        if extra is not None:  # synthetic images join the training part (never the held-out parts)
+            feats, labels = torch.cat([feats, extra]), np.concatenate([labels, t.synthetic.labels])
+        if not init_head(model.head, feats, labels, len(t.data.class_names),
                          t.cfg.transfer.probe_c, seed, method):
             raise MedtlError(f"transfer.classifier '{method}' needs a linear head: set model.head.hidden: []")
         if t.cfg.data.augment.active:
@@ -319,9 +356,14 @@ class BankFit(FitPath):
     def fit(self, t: FoldTrainer, model: TransferNet, fold: Fold, seed: int) -> tuple[FitResult, np.ndarray]:
         assert t.bank is not None
         feats, labels = t.bank[0], torch.from_numpy(t.data.labels)
-        t.probe(model, fold, seed, feats[fold.train])
+        train_feats, train_labels = feats[fold.train], labels[fold.train]
+        extra = t.synthetic_features(model)
+        if extra is not None:
+            train_feats = torch.cat([train_feats, extra])
+            train_labels = torch.cat([train_labels, torch.from_numpy(t.synthetic.labels)])
+        t.probe(model, fold, seed, train_feats)
         module = ClassifierModule(model.head, t.cfg.train, t.data.positive_index, t.class_weights(fold))
-        train = TensorDataset(feats[fold.train], labels[fold.train])
+        train = TensorDataset(train_feats, train_labels)
         val = TensorDataset(feats[fold.val], labels[fold.val]) if len(fold.val) else None
         result = t.fit(module, train, val, seed)
         probs = head_probs(result.model, [view[fold.test] for view in t.bank])
@@ -346,6 +388,11 @@ class FullFit(FitPath):
                                   else None)
         images = data.loaded.images
         train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
+        if t.synthetic is not None:  # augmented like the real training images
+            synthetic = t.synthetic
+            train = ConcatDataset([train, ImageArrayDataset(synthetic.images, synthetic.labels,
+                                                            np.arange(len(synthetic.labels)),
+                                                            build_augment(cfg.data.augment))])
         val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
         callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
         result = t.fit(module, train, val, seed, callbacks)
@@ -373,8 +420,10 @@ class CachedFit(FitPath):
                                 augment, device=t.device, progress=t.progress, fast=fast)
         tta = [views[0], *pc.prefix_views(cache, split, key, images, normalizer, TTA_VIEWS[cfg.evaluate.tta][1:],
                                           device=t.device, fast=fast)]
+        train_views, train_idx, labels = _with_synthetic(t, views, fold, lambda imgs: pc.prefix_views(
+            cache, split, key, imgs, normalizer, range(len(views)), augment, device=t.device, fast=fast))
         if probe_first(cfg):  # LP-FT on the cached activations: only the suffix runs
-            t.probe(model, fold, seed, pc.run_cached(split.suffix, views[0], fold.train, device=t.device).cpu())
+            t.probe(model, fold, seed, pc.run_cached(split.suffix, train_views[0], train_idx, device=t.device).cpu())
         net = TransferNet(split.suffix, model.head)
         net.freeze_bn_stats = model.freeze_bn_stats
         gradual = cfg.transfer.strategy == "gradual"
@@ -383,7 +432,7 @@ class CachedFit(FitPath):
                                   include_frozen=gradual,
                                   lr_mults=step_lr_mults(net, cfg.transfer.schedule, cfg.train.lr) if gradual
                                   else None)
-        train = pc.PrefixViewsDataset(views, fold.train, data.labels, seed)
+        train = pc.PrefixViewsDataset(train_views, train_idx, labels, seed)
         val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
         callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
         log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
@@ -391,6 +440,23 @@ class CachedFit(FitPath):
         probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
         result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
         return result, probs
+
+
+def _with_synthetic(t: FoldTrainer, views: list[np.ndarray], fold: Fold,
+                    synthetic_views: callable) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The cached training views, indices and labels of a fold, its synthetic images appended.
+
+    The real images' blocks are shared by every fold; the synthetic images of this fold get their own
+    blocks (``synthetic_views(images)``, cached under their own content hash). The training rows of
+    the real blocks and the synthetic blocks are stacked (the held-out rows are left out, so only the
+    training part is copied into memory), with indices ``0..n_train+n_synthetic-1``.
+    """
+    if t.synthetic is None:
+        return views, fold.train, t.data.labels
+    extra = synthetic_views(t.synthetic.images)
+    stacked = [np.concatenate([np.asarray(real[fold.train]), syn]) for real, syn in zip(views, extra, strict=True)]
+    labels = np.concatenate([t.data.labels[fold.train], t.synthetic.labels])
+    return stacked, np.arange(len(labels)), labels
 
 
 def _suffix_mults(net: TransferNet, cfg: ExperimentConfig) -> dict[str, float]:
