@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -18,6 +24,7 @@ from medtl.errors import ConfigError
 from medtl.evaluate.compare import comparison_table, default_columns
 from medtl.evaluate.table import adaptation_note, markdown_table
 from medtl.experiment import run_experiment
+from medtl.predict import evaluate_run
 from medtl.train.adapt import TRANSDUCTIVE, GradientReversal, TargetRows, coral_loss, dann_lambda
 
 SIZE = 32
@@ -263,6 +270,7 @@ def test_unlabelled_target_block(domains: Path, tmp_path: Path, method: str, tar
     assert all(Path(r["path"]).is_file() for r in listed)
     assert metrics["protocol"]["adaptation"]["target"] == str(domains / target.get("csv", target.get("root")))
     assert json.loads((out / rundir.METRICS).read_text())["protocol"]["adaptation"]["statement"] == TRANSDUCTIVE
+    assert evaluate_run(out)["protocol"]["adaptation"]["statement"] == TRANSDUCTIVE  # `medtl evaluate` says so too
 
 
 @pytest.mark.slow
@@ -270,3 +278,33 @@ def test_tent_without_trained_batchnorm_is_refused(domains: Path, tmp_path: Path
     tree = config(domains, {"method": "tent"}, transfer={"unfreeze_from": "head"})
     with pytest.raises(ConfigError, match="adapt.method 'tent'"):
         run(tmp_path, "run", tree)
+
+
+@pytest.mark.slow
+def test_kill_9_after_an_epoch_then_resume_gives_the_uninterrupted_dann_run(domains: Path, tmp_path: Path) -> None:
+    """The target draw comes from (seed, step) and the domain classifier is in the epoch checkpoint."""
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(yaml.safe_dump(config(domains, {"method": "dann"}, train={"epochs": 3})))
+    env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-c", "from medtl.cli import app; app()", "train", str(spec), "--quiet", "--out"]
+
+    def train(out: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*cli, str(out), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+
+    whole_run = train(tmp_path / "whole")
+    assert whole_run.wait(600) == 0, whole_run.stderr.read()[-3000:]
+    proc = train(tmp_path / "run")
+    checkpoint = tmp_path / "run" / rundir.CHECKPOINTS / "fold0-m0.ckpt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first epoch checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(tmp_path / "run", "--resume")
+    assert resumed.wait(600) == 0, resumed.stderr.read()[-3000:]
+    assert "resuming from" in (tmp_path / "run" / rundir.LOG).read_text()
+    whole, again = weights(tmp_path / "whole"), weights(tmp_path / "run")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    assert np.array_equal(probs(tmp_path / "whole"), probs(tmp_path / "run"))
