@@ -618,6 +618,37 @@ class StageConfig(StrictModel):
         return self
 
 
+class TentConfig(StrictModel):
+    """Test-time entropy minimisation (``adapt.method: tent``, Wang et al. 2021): after training, only the
+    BatchNorm affine parameters of the trained layers are optimised (Adam) to make the predictions on the
+    target images confident; BatchNorm normalises with target statistics."""
+
+    epochs: int = Field(1, ge=1, le=100)  # passes over the target images
+    lr: float = Field(1e-3, gt=0.0)
+
+
+class AdaptConfig(StrictModel):
+    """Unsupervised domain adaptation with unlabelled target-domain images (transductive: every figure of
+    such a run says so). Target labels are never read.
+
+    - ``dann``: a domain classifier on the pooled backbone features behind a gradient-reversal layer
+      (Ganin & Lempitsky 2015); ``weight`` is the largest λ of the schedule λ_p = weight·(2/(1+e^(-10p))-1).
+    - ``coral``: Deep CORAL (Sun & Saenko 2016), the squared Frobenius distance between the source and
+      target covariances of the pooled features / 4d², times ``weight``.
+    - ``tent``: after training, :class:`TentConfig`.
+
+    ``target``: ``test`` (each fold's own held-out test images) or a data block (``csv`` and ``folder``
+    sources need no labels: a CSV's path column, every image under a folder).
+    """
+
+    method: Literal["dann", "coral", "tent"]
+    target: Literal["test"] | DataConfig = "test"
+    weight: float = Field(1.0, gt=0.0)
+    # DANN's domain classifier: pooled features → hidden → 1 logit (Ganin's small MLP, one hidden layer).
+    domain_hidden: int = Field(256, ge=1)
+    tent: TentConfig = TentConfig()
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: the whole YAML file.
 
@@ -632,6 +663,7 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     stages: list[StageConfig] = []
+    adapt: AdaptConfig | None = None  # None: no domain adaptation
 
     @field_validator("name")
     @classmethod
@@ -651,7 +683,20 @@ class ExperimentConfig(StrictModel):
             raise ValueError("transfer.strategy 'gradual' cannot run with train.strategy 'ddp': DDP fixes the "
                              "trainable parameters when it wraps the model, so layers unfrozen later would not be "
                              "synchronised; use fine_tune, or train.strategy: auto with train.devices: 1")
+        self._adapt_is_possible()
         return self
+
+    def _adapt_is_possible(self) -> None:
+        if self.adapt is None:
+            return
+        method = self.adapt.method
+        if self.transfer.strategy == "feature_extraction":
+            raise ValueError(f"adapt.method '{method}' adapts trainable backbone layers, and transfer.strategy "
+                             "'feature_extraction' trains the head alone (its features never change): use "
+                             "transfer.strategy fine_tune (e.g. with unfreeze_from), or drop adapt")
+        if self.train.strategy != "auto" or self.train.devices != 1 or self.train.num_nodes > 1:
+            raise ValueError(f"adapt.method '{method}' runs in one process: set train.strategy: auto, "
+                             "train.devices: 1 and train.num_nodes: 1 (several processes are not supported with adapt)")
 
 
 # ---------------------------------------------------------------- loading

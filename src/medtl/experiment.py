@@ -37,6 +37,7 @@ from medtl.models.cuts import inference_ms
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train import distributed
+from medtl.train.adapt import adaptation_protocol, load_target
 from medtl.train.device import environment, resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
@@ -66,7 +67,8 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     groups = assign_groups(samples, loaded.hashes, links)
     folds = make_folds(labels, groups, [s.split for s in samples], cfg.data.split, cfg.data.train_fraction,
                        class_names=loaded.table.class_names)
-    return PreparedData(loaded, labels, groups, folds)
+    target = load_target(cfg.adapt, cfg.data, loaded, folds, progress) if cfg.adapt else None
+    return PreparedData(loaded, labels, groups, folds, target)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, progress: bool = True, resume: bool = False) -> dict:
@@ -127,6 +129,8 @@ def _run(cfg: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
         check_fingerprints(cfg.data.synthetic, data.loaded.table.samples, data.folds, data.class_names)
     with rundir.atomic_path(out_dir / rundir.SPLITS) as tmp:
         write_manifest(tmp, data.loaded.table, data.groups, data.folds)
+    if data.target is not None:
+        rundir.write_adapt_targets(out_dir, data.target.listing(data.folds))
     outcomes, spec = train_folds(cfg, data, out_dir, progress)
     metrics = conclude(cfg, data, outcomes, spec, out_dir, started, {"stages": stages} if stages else None)
     if cfg.evaluate.report:
@@ -312,6 +316,8 @@ def _evaluate(cfg: ExperimentConfig, data: PreparedData, outcomes: list[FoldOutc
             choice.threshold, cfg.evaluate.bootstrap, cfg.train.seed)
     metrics["protocol"] = _protocol(cfg, data) | {"threshold": choice.threshold, "threshold_rule": choice.rule,
                                                   "temperature": choice.temperature}
+    if cfg.adapt is not None and data.target is not None:
+        metrics["protocol"]["adaptation"] = adaptation_protocol(cfg.adapt, data.target)
     metrics["data"] = {"source": cfg.data.source, "location": str(cfg.data.location),
                        "color": {"setting": cfg.data.color, "used": data.loaded.color},
                        "n_images": len(data.labels), "n_bad": len(data.loaded.bad),

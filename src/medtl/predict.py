@@ -160,6 +160,9 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None, out: Path | None
         labels, probs, groups = _predict_dataset(run_dir, meta, data)
     metrics = summarize(labels, probs, groups, meta.class_names, meta.positive_index, meta.threshold,
                         ev.bootstrap, 0)
+    adaptation = rundir.read_metrics(run_dir).get("protocol", {}).get("adaptation")
+    if adaptation:  # the models were adapted to unlabelled target images: every figure says so
+        metrics["protocol"] = {"adaptation": adaptation}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, allow_nan=False))

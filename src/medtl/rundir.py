@@ -9,6 +9,7 @@ A run directory holds::
     val_predictions.csv    validation predictions (the operating point is chosen on these)
     metrics.json           metrics with confidence intervals, protocol, data and model facts
     label_issues.csv       suspected label errors (an audit; the metrics keep the labels)
+    adapt_targets.csv      domain adaptation (``adapt:``): the unlabelled target images each fold adapted to
     model/                 fold*.safetensors + model.json (see :mod:`medtl.artifact`)
     checkpoints/           while the run lasts: the last epoch checkpoint of the member in training and
                            the record of each finished member (``medtl train --resume`` continues from
@@ -64,9 +65,13 @@ CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
 MODEL_CARD = "model_card.md"
 EXPORT_DIR = "export"
+ADAPT_TARGETS = "adapt_targets.csv"
 
 State = Literal["absent", "empty", "unfinished", "complete", "not_a_folder"]
 HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr"]
+OPTIONAL_HISTORY_COLUMNS = ["domain_loss"]
+"""History columns written when some row has them (``domain_loss``: DANN / CORAL, ``adapt:``)."""
+ADAPT_TARGET_COLUMNS = ["fold", "id", "path"]
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -362,8 +367,14 @@ def write_predictions(run_dir: Path, which: Literal["test", "val"], header: list
 
 def write_history(run_dir: Path, rows: list[dict[str, Any]], ensemble: bool) -> Path:
     """Write ``history.csv``: per-epoch rows (``fold`` first; a ``member`` column for ensembles)."""
-    keys = [*HISTORY_COLUMNS, "member"] if ensemble else HISTORY_COLUMNS
+    keys = [*HISTORY_COLUMNS, *[k for k in OPTIONAL_HISTORY_COLUMNS if any(k in row for row in rows)]]
+    keys += ["member"] if ensemble else []
     return write_csv(Path(run_dir) / HISTORY, keys, [[row.get(k, "") for k in keys] for row in rows])
+
+
+def write_adapt_targets(run_dir: Path, rows: Sequence[tuple[int, str, str]]) -> Path:
+    """Write ``adapt_targets.csv``: ``(fold, id, path)`` of every unlabelled image a fold adapted to."""
+    return write_csv(Path(run_dir) / ADAPT_TARGETS, ADAPT_TARGET_COLUMNS, [list(r) for r in rows])
 
 
 # ---------------------------------------------------------------- resuming

@@ -30,6 +30,7 @@ from rich.table import Table
 from medtl.errors import DataError
 from medtl.evaluate.metrics import METRIC_KEYS, delong_test, mcnemar_test
 from medtl.evaluate.stats import CONDITIONAL, clustered_auc_test, has_clusters, holm, mean_sd, paired_seed_test
+from medtl.evaluate.table import adaptation_note
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _row(run: RunResult, base: RunResult) -> dict[str, Any]:
-    row: dict[str, Any] = {"run": run.name, "run_dir": str(run.run_dir), "n": run.metrics.get("n")}
+    row: dict[str, Any] = {"run": run.name, "run_dir": str(run.run_dir), "n": run.metrics.get("n"),
+                           "protocol": adaptation_note(run.metrics)}
     row.update(metric_columns(run.metrics))
     if run is base:
         return row | _NO_TESTS | {"reason": "baseline"}
@@ -220,7 +222,7 @@ def comparison_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def default_columns(label_columns: Sequence[str] = ("run",)) -> list[str]:
     """The CSV columns of a comparison: the label columns, metrics with CIs, then the tests."""
-    return [*label_columns, *metric_column_names(), *TEST_COLUMNS]
+    return [*label_columns, *metric_column_names(), *TEST_COLUMNS, "protocol"]
 
 
 def format_metric(row: dict[str, Any], key: str) -> str:
@@ -273,7 +275,8 @@ def comparison_table(rows: list[dict[str, Any]], label_columns: Sequence[str] = 
 
 
 def _note(row: dict[str, Any]) -> str:
-    return str(row.get("reason") or "")
+    """The row's reason (baseline, unpaired, ...) and the protocol statement of an adapted run."""
+    return "; ".join(str(row[k]) for k in ("reason", "protocol") if row.get(k))
 
 
 def _baseline_name(rows: list[dict[str, Any]]) -> str | None:
@@ -313,6 +316,7 @@ def comparison_markdown(rows: list[dict[str, Any]], label_columns: Sequence[str]
                     if any(k == "p_auc_holm" for k, _ in extra) else ""))
     notes = [f"- {_label(row, label_columns)}: {row['reason']}" for row in rows
              if row.get("reason") and row.get("reason") != "baseline"]
+    notes += [f"- {_label(row, label_columns)}: {row['protocol']}" for row in rows if row.get("protocol")]
     return "\n".join([*lines, *([""] + notes if notes else [])]) + "\n"
 
 

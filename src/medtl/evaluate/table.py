@@ -7,6 +7,21 @@ from rich.table import Table
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
 
 
+def adaptation_note(metrics: dict) -> str | None:
+    """The protocol statement of a domain-adapted run (``protocol.adaptation`` in metrics.json), e.g.
+    ``transductive: unlabelled target images used for adaptation (coral, target test)``; None otherwise."""
+    adaptation = (metrics.get("protocol") or {}).get("adaptation")
+    if not adaptation:
+        return None
+    return f"{adaptation['statement']} ({adaptation['method']}, target {adaptation['target']})"
+
+
+def adaptation_caption(results: list[tuple[str, dict]]) -> str | None:
+    """One line per adapted run (``name: statement``); None when no run was adapted."""
+    notes = [f"{name}: {note}" for name, m in results if (note := adaptation_note(m))]
+    return "\n".join(notes) if notes else None
+
+
 def format_value(entry: dict | None) -> str:
     """``0.953 (0.921–0.977)`` from a metrics.json entry ``{"value": v, "ci95": [lo, hi]}``."""
     if not entry or entry.get("value") is None:
@@ -18,7 +33,7 @@ def format_value(entry: dict | None) -> str:
 
 def metrics_table(results: list[tuple[str, dict]], title: str = "Results (95% CI)") -> Table:
     """One row per run: name, n, and each metric with its bootstrap CI."""
-    table = Table(title=title)
+    table = Table(title=title, caption=adaptation_caption(results))
     table.add_column("run")
     table.add_column("n", justify="right")
     for name in METRICS:
@@ -34,4 +49,5 @@ def markdown_table(results: list[tuple[str, dict]]) -> str:
     rule = "|---|---:|" + "---:|" * len(METRICS)
     rows = [f"| {name} | {m.get('n', '')} | " + " | ".join(format_value(m.get(k)) for k in METRICS) + " |"
             for name, m in results]
-    return "\n".join([head, rule, *rows])
+    caption = adaptation_caption(results)
+    return "\n".join([head, rule, *rows, *(["", caption] if caption else [])])

@@ -15,6 +15,7 @@ from typing import Any
 
 from medtl import rundir
 from medtl.errors import DataError, MedtlError
+from medtl.evaluate.table import adaptation_note
 from medtl.report import run_report, study_report
 from medtl.report.load import RunData, StudyData, is_run_dir, is_study_dir, load_run, load_study
 
@@ -93,7 +94,7 @@ def render_run(run: RunData, cam: bool = True, n_boot: int | None = None, seed: 
         "operating": run_report.operating_section(run, boot, seed),
         "calibration": run_report.calibration_section(run), "patients": run_report.patient_section(run, boot, seed),
         "gallery": _gallery(run, cam, device), "folds": run_report.folds_section(run),
-        "metric_keys": run_report.METRIC_KEYS}
+        "metric_keys": run_report.METRIC_KEYS, "adaptation": adaptation_note(run.metrics)}
     return _environment().get_template("run.html.j2").render(**context)
 
 

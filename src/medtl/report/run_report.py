@@ -20,6 +20,7 @@ from medtl.evaluate.aggregate import patient_level_metrics
 from medtl.evaluate.calibration import apply_temperature, negative_log_likelihood, reliability_curve
 from medtl.evaluate.curves import CurveBand, one_vs_rest_bands, per_class_auc, pr_band, roc_band
 from medtl.evaluate.metrics import METRIC_KEYS, compute_metrics, summarize
+from medtl.evaluate.table import adaptation_note
 from medtl.evaluate.threshold import choose_threshold, describe_rule
 from medtl.report import figures
 from medtl.report.load import PredictionTable, RunData
@@ -77,6 +78,8 @@ def protocol_section(run: RunData) -> dict[str, Any]:
         ("Temperature scaling", f"T = {run.temperature:.3f} (fitted on validation)" if run.temperature
          else "not fitted"),
     ]
+    if adaptation_note(m):
+        rows.append(("Domain adaptation", adaptation_note(m)))
     if m.get("seconds") is not None:
         rows.append(("Run time", f"{float(m['seconds']) / 60:.1f} min"))
     card = rundir.MODEL_CARD if (run.path / rundir.MODEL_CARD).is_file() else None  # relative: beside report.html

@@ -100,11 +100,11 @@ class ClassifierModule(L.LightningModule):
         x = self.prepare(x)
         if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
             x, target = self._mix(x, y)
-            logits = self.model(x)
+            logits = self.classify(x)
             loss = self.soft_loss_fn(logits.float(), target)
             y = target.argmax(1)  # training accuracy against the dominant label of each mixed image
         else:
-            logits = self.model(x)
+            logits = self.classify(x)
             loss = self.loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -113,6 +113,18 @@ class ClassifierModule(L.LightningModule):
         correct = int((logits.argmax(1) == y).sum())
         self._train.append((float(loss.detach()) * len(y), correct, len(y)))
         return loss
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a prepared training batch (a subclass may keep intermediate features)."""
+        return self.model(x)
+
+    def extra_param_groups(self) -> list[dict]:
+        """Optimizer groups of parameters outside the model (e.g. a domain classifier); none here."""
+        return []
+
+    def epoch_extras(self) -> dict[str, float]:
+        """Extra figures of the training epoch for its history row (none here)."""
+        return {}
 
     def _mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup / CutMix of a training batch (timm ``Mixup``): mixed inputs and soft targets.
@@ -174,7 +186,8 @@ class ClassifierModule(L.LightningModule):
             total = torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=self.device)
             loss_sum, correct, n = self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
         row = {"epoch": self.current_epoch, "train_loss": loss_sum / max(n, 1),
-               "train_accuracy": correct / max(n, 1), "lr": self.optimizers().param_groups[0]["lr"]}
+               "train_accuracy": correct / max(n, 1), "lr": self.optimizers().param_groups[0]["lr"],
+               **self.epoch_extras()}
         for key in ("val_loss", "val_accuracy", "val_auc"):
             if key in self.trainer.callback_metrics:
                 row[key] = float(self.trainer.callback_metrics[key])
@@ -189,6 +202,8 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = make_optimizer(self.model, self.cfg, self.include_frozen, self.lr_mults)
+        for group in self.extra_param_groups():  # scheduled like the model's groups
+            optimizer.add_param_group(group)
         total = self.trainer.estimated_stepping_batches
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         schedule = warmup_cosine(int(self.cfg.warmup_epochs * steps_per_epoch), int(total),

@@ -38,6 +38,7 @@ from medtl.errors import MedtlError, TrainingError
 from medtl.models.cuts import cut_points
 from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
+from medtl.train import adapt as adaptation
 from medtl.train.device import resolve_device
 from medtl.train.distributed import is_rank_zero
 from medtl.train.engine import ClassifierModule, FitResult, class_weights_for, fit
@@ -65,6 +66,8 @@ class PreparedData:
     labels: np.ndarray
     groups: list[str]
     folds: list[Fold]
+    target: adaptation.AdaptTarget | None = None
+    """The unlabelled target images of domain adaptation (``adapt:``); None: no adaptation."""
 
     @property
     def class_names(self) -> list[str]:
@@ -159,6 +162,8 @@ class FoldTrainer:
     """Extra Lightning callbacks of every epoch-wise fit (e.g. ``medtl tune``'s pruning report)."""
     synthetic: SyntheticSet | None = None
     """The synthetic training images of the fold being trained (``data.synthetic``), or None."""
+    source_val: np.ndarray | None = None
+    """Validation probabilities a fit path computed before test-time adaptation (``adapt.method: tent``)."""
 
     def normalizer(self) -> Normalizer:
         assert self.spec is not None
@@ -224,10 +229,13 @@ class FoldTrainer:
         store = self.store
         self.on_epoch = (lambda rows: store.live_history(fold.index, member, rows)) if store else None
         self.logger = self.logger_for(fold.index, member) if self.logger_for else None
+        self.source_val = None
         try:
             result, probs = path.fit(self, model, fold, seed)
         except TrainingError as exc:
             raise TrainingError(f"{exc} (fold {fold.index}); {self.keep_last_good(exc, fold)}") from None
+        if self.source_val is not None:  # test-time adaptation: validation (threshold choice) stays un-adapted
+            return result, probs, self.source_val
         bank = self.bank if path.uses_bank else None
         return result, probs, self.probs_on(result.model, fold.val, bank)
 
@@ -266,6 +274,22 @@ class FoldTrainer:
         hook."""
         return fit(module, train, val, self.cfg.train, seed, self.progress, [*self.callbacks, *(callbacks or [])],
                    checkpoint=self.checkpoint, on_epoch=self.on_epoch, logger=self.logger)
+
+    def module(self, target: adaptation.TargetRows | None, seed: int, *args: object,
+               **kwargs: object) -> ClassifierModule:
+        """The fit's Lightning module (``ClassifierModule`` arguments): it aligns features with ``target``
+        when ``adapt.method`` is ``dann`` or ``coral``."""
+        return adaptation.classifier_module(self.cfg.adapt, target, seed, *args, **kwargs)
+
+    def test_time_adapt(self, net: TransferNet, full: TransferNet, fold: Fold, target: adaptation.TargetRows | None,
+                        prepare: object, seed: int) -> None:
+        """``adapt.method: tent``: keep the un-adapted validation probabilities of ``full`` (the whole model),
+        then adapt ``net`` (the trained part, sharing its layers with ``full``) to ``target``."""
+        if self.cfg.adapt is None or self.cfg.adapt.method != "tent":
+            return
+        assert target is not None
+        self.source_val = self.probs_on(full, fold.val, None)
+        adaptation.tent(net, target, prepare, self.cfg.adapt.tent, self.cfg.train.batch_size, seed, self.device)
 
     def class_weights(self, fold: Fold) -> torch.Tensor | None:
         return class_weights_for(self.training_labels(fold), len(self.data.class_names), self.cfg.train.class_weights)
@@ -382,10 +406,10 @@ class FullFit(FitPath):
         if probe_first(cfg):
             t.probe(model, fold, seed)
         gradual = cfg.transfer.strategy == "gradual"
-        module = ClassifierModule(model, cfg.train, data.positive_index, t.class_weights(fold),
-                                  prepare=t.normalizer(), include_frozen=gradual,
-                                  lr_mults=step_lr_mults(model, cfg.transfer.schedule, cfg.train.lr) if gradual
-                                  else None)
+        target = t.data.target.rows(fold) if t.data.target else None
+        module = t.module(target, seed, model, cfg.train, data.positive_index, t.class_weights(fold),
+                          prepare=t.normalizer(), include_frozen=gradual,
+                          lr_mults=step_lr_mults(model, cfg.transfer.schedule, cfg.train.lr) if gradual else None)
         images = data.loaded.images
         train = training_dataset(images, data.labels, data.groups, fold, cfg.data, data.class_names, seed)
         if t.synthetic is not None:  # augmented like the real training images
@@ -396,6 +420,7 @@ class FullFit(FitPath):
         val = ImageArrayDataset(images, data.labels, fold.val) if len(fold.val) else None
         callbacks = [GradualUnfreeze(cfg.transfer.schedule)] if gradual else []
         result = t.fit(module, train, val, seed, callbacks)
+        t.test_time_adapt(result.model, result.model, fold, target, t.normalizer(), seed)
         probs = predict_probs(result.model, t.normalizer(), images, fold.test, cfg.train.batch_size * 2,
                               cfg.evaluate.tta, t.device, t.progress, cfg.train.fast_inference)
         return result, probs
@@ -427,16 +452,17 @@ class CachedFit(FitPath):
         net = TransferNet(split.suffix, model.head)
         net.freeze_bn_stats = model.freeze_bn_stats
         gradual = cfg.transfer.strategy == "gradual"
-        module = ClassifierModule(net, cfg.train.model_copy(update={"lr_mults": _suffix_mults(net, cfg)}),
-                                  data.positive_index, t.class_weights(fold), prepare=pc.activation_prepare,
-                                  include_frozen=gradual,
-                                  lr_mults=step_lr_mults(net, cfg.transfer.schedule, cfg.train.lr) if gradual
-                                  else None)
+        target = _cached_target(t, fold, cache, split, key, views[0])
+        module = t.module(target, seed, net, cfg.train.model_copy(update={"lr_mults": _suffix_mults(net, cfg)}),
+                          data.positive_index, t.class_weights(fold), prepare=pc.activation_prepare,
+                          include_frozen=gradual,
+                          lr_mults=step_lr_mults(net, cfg.transfer.schedule, cfg.train.lr) if gradual else None)
         train = pc.PrefixViewsDataset(train_views, train_idx, labels, seed)
         val = pc.PrefixViewsDataset(views[:1], fold.val, data.labels) if len(fold.val) else None
         callbacks = [*([GradualUnfreeze(cfg.transfer.schedule)] if gradual else []), pc.ViewEpoch(train)]
         log.info("prefix cache: layers below %s run once per image (%d view(s)); training the rest", cut, len(views))
         result = t.fit(module, train, val, seed, callbacks)
+        t.test_time_adapt(result.model, model, fold, target, pc.activation_prepare, seed)
         probs = pc.predict_cached(result.model, tta, fold.test, device=t.device)
         result.model = model.to("cpu").eval()  # suffix and head are shared with the full model
         return result, probs
@@ -457,6 +483,18 @@ def _with_synthetic(t: FoldTrainer, views: list[np.ndarray], fold: Fold,
     stacked = [np.concatenate([np.asarray(real[fold.train]), syn]) for real, syn in zip(views, extra, strict=True)]
     labels = np.concatenate([t.data.labels[fold.train], t.synthetic.labels])
     return stacked, np.arange(len(labels)), labels
+
+
+def _cached_target(t: FoldTrainer, fold: Fold, cache: pc.ActivationCache, split: pc.PrefixSplit, key: pc.PrefixKey,
+                   own: np.ndarray) -> adaptation.TargetRows | None:
+    """The fold's target rows as cached prefix activations: the rows of ``own`` (the run's images, view 0)
+    for ``adapt.target: test``, else the target images' own cached block."""
+    target = t.data.target
+    if target is None:
+        return None
+    block = own if target.own else pc.prefix_views(cache, split, key, target.images, t.normalizer(), device=t.device,
+                                                   progress=t.progress, fast=t.cfg.train.fast_inference)[0]
+    return target.rows(fold, block, images=False)
 
 
 def _suffix_mults(net: TransferNet, cfg: ExperimentConfig) -> dict[str, float]:

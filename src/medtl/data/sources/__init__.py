@@ -11,7 +11,7 @@ the path as written in the CSV, or ``train[115]`` for MedMNIST.
 
 from medtl.data.samples import Listing, LoadedImages, Sample, SampleTable
 from medtl.data.sources.base import SOURCES, DataSource, get_source, register_source
-from medtl.data.sources.loading import load_images, load_table, resolve_color
+from medtl.data.sources.loading import load_images, load_table, load_unlabelled_table, resolve_color
 
 __all__ = [
     "SOURCES",
@@ -23,6 +23,7 @@ __all__ = [
     "get_source",
     "load_images",
     "load_table",
+    "load_unlabelled_table",
     "register_source",
     "resolve_color",
 ]

@@ -19,8 +19,8 @@ from PIL import Image
 from rich.progress import track
 
 from medtl.config import DataConfig
-from medtl.data.images import carries_color
-from medtl.data.samples import MAX_LISTED, LoadedImages, Sample, SampleTable
+from medtl.data.images import IMAGE_EXTENSIONS, carries_color, find_image_files
+from medtl.data.samples import MAX_LISTED, LoadedImages, Sample, SampleTable, cell, read_csv, require_dir, require_file
 from medtl.data.sources.base import DataSource, Result, get_source
 from medtl.data.storage import DiskStore, choose_storage, chunk_size
 from medtl.data.strategy import apply_strategy
@@ -66,6 +66,47 @@ def load_table(cfg: DataConfig) -> SampleTable:
     )
     logger.info("%s %s: %d samples, classes %s", cfg.source, cfg.location, len(samples), table.class_counts())
     return table
+
+
+UNLABELLED_SOURCES = ("csv", "folder")
+"""Sources :func:`load_unlabelled_table` lists without labels."""
+
+
+def load_unlabelled_table(cfg: DataConfig) -> SampleTable:
+    """List images whose labels are not to be known (domain adaptation's target images).
+
+    ``csv``: one sample per row, from the path column alone (a label column may be absent; it is never
+    read); ``folder``: every image file under ``data.root``, recursively (subfolders are not classes).
+    Every sample's label is -1 and the table has one class name, ``unlabelled``.
+
+    Raises:
+        DataError: Another source, a missing file, folder or path column, or no image at all.
+    """
+    if cfg.source not in UNLABELLED_SOURCES:
+        raise DataError(f"data.source '{cfg.source}' needs labels to list its images; unlabelled images come from "
+                        f"a {' or '.join(UNLABELLED_SOURCES)} source")
+    if cfg.source == "csv":
+        csv_path = require_file(cfg.csv, "csv")
+        header, rows = read_csv(csv_path)
+        if cfg.path_column not in header:
+            raise DataError(f"{csv_path}: column '{cfg.path_column}' (data.path_column) not found; the header is "
+                            f"{header}: set data.path_column to one of these")
+        written = [cell(row, cfg.path_column) for _, row in rows]
+        files = [(w, Path(w) if Path(w).is_absolute() else csv_path.parent / w) for w in written if w]
+        missing = [str(f) for _, f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{csv_path}: {len(missing)} rows name files that do not exist (e.g. "
+                            f"{missing[:MAX_LISTED]}); paths are relative to the CSV's folder")
+    else:
+        root = require_dir(cfg.root, "root")
+        files = [(f.relative_to(root).as_posix(), f) for f in find_image_files(root)[0]]
+    if not files:
+        raise DataError(f"{cfg.location}: no images found ({' '.join(sorted(IMAGE_EXTENSIONS))})")
+    samples = [Sample(id=sid, path=str(path.absolute()), label=-1, patient=None, split=None) for sid, path in files]
+    _check_unique_ids(samples, cfg.location)
+    logger.info("%s %s: %d unlabelled images", cfg.source, cfg.location, len(samples))
+    return SampleTable(samples=samples, class_names=["unlabelled"], positive_index=None, source=cfg.source,
+                       location=str(cfg.location), has_patients=False)
 
 
 def _check_class_list(classes: list[str]) -> None:
