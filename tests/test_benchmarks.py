@@ -293,3 +293,22 @@ def test_stream_set_copies_are_unique_and_sized(tmp_path: Path, datasets: Path) 
     assert {Image.open(p).size for p in files} == {(64, 64)}
     assert len({p.read_bytes() for p in files}) == 30
     assert scale.stream_set(ctx, 30, 64) == root  # built once
+
+
+def test_rss_timeline_puts_the_peak_next_to_the_output_line_of_its_phase(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import rss_timeline
+
+    child = ("import time, numpy as np\n"
+             "print('phase: small', flush=True); time.sleep(1.0)\n"
+             "print('phase: big', flush=True); a = np.ones(300_000_000, np.uint8); time.sleep(1.5)\n"
+             "del a; print('phase: done', flush=True); time.sleep(0.5)\n")
+    out = tmp_path / "timeline.json"
+    code = rss_timeline.main(["--interval", "0.05", "--top", "3", "--out", str(out), "--", sys.executable, "-c", child])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["returncode"] == 0
+    assert 0.3 <= result["peak_rss_gb"] < 1.0  # the 0.3 GB array and the interpreter
+    assert all(p["during"] == "phase: big" for p in result["peaks"])
+    full = json.loads(out.read_text())
+    assert [line for _, line in full["lines"]] == ["phase: small", "phase: big", "phase: done"]
+    assert rss_timeline.main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 1

@@ -330,7 +330,8 @@ def test_ensemble_members_are_saved_and_averaged_and_member_zero_is_the_single_m
     _, probs, _ = repredict_own(tmp_path / "e2", artifact.load_meta(tmp_path / "e2"))  # members, then temperature
     with open(tmp_path / "e2" / "predictions.csv") as fh:
         saved = np.array([[float(r["prob_no"]), float(r["prob_yes"])] for r in csv.DictReader(fh)])
-    np.testing.assert_allclose(probs, saved, atol=1e-5)
+    # float32 sums in another order (the run's feature bank vs whole-model batches): 1.2e-5 seen with 1 thread
+    np.testing.assert_allclose(probs, saved, atol=3e-5)
 
 
 def test_feature_bank_averages_the_tta_views(brain_mri: Path, tmp_path: Path) -> None:
@@ -395,3 +396,34 @@ def test_focal_loss_and_balanced_sampler_train_end_to_end_and_are_recorded(brain
     assert 20 <= metrics["n"] < 25 and 0.0 <= metrics["auc"]["value"] <= 1.0
     loss = [float(r["train_loss"]) for r in csv.DictReader((out / "history.csv").read_text().splitlines())]
     assert len(loss) == 3 * 2 and all(np.isfinite(loss))  # 3 epochs of each of the 2 folds
+
+
+def test_train_folds_keeps_only_the_last_folds_models_and_trims_between_folds(monkeypatch: pytest.MonkeyPatch,
+                                                                                  tmp_path: Path) -> None:
+    """Earlier folds' networks are saved, then let go: memory must not grow with the number of folds."""
+    from types import SimpleNamespace
+
+    from medtl import experiment
+    from medtl.train.engine import FitResult
+    from medtl.train.fold import FoldOutcome
+
+    class Trainer:
+        spec = object()
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def train_fold(self, fold, save) -> FoldOutcome:
+            fits = [FitResult(torch.nn.Linear(2, 2)) for _ in range(2)]
+            return FoldOutcome(fold, np.zeros((1, 2)), fits[0], 0.0, members=fits)
+
+    trims = []
+    monkeypatch.setattr(experiment, "FoldTrainer", Trainer)
+    monkeypatch.setattr(experiment, "release_memory", lambda: trims.append(1) or True)
+    cfg = parse_config(brain_config(tmp_path), "t")
+    folds = [SimpleNamespace(index=i, train=[], val=[], test=[]) for i in range(3)]
+    outcomes, _ = experiment.train_folds(cfg, SimpleNamespace(folds=folds), tmp_path, False, writes=False)
+    assert [o.fit.model is None for o in outcomes] == [True, True, False]
+    assert all(m.model is None for o in outcomes[:-1] for m in o.members)
+    assert all(m.model is not None for m in outcomes[-1].members)
+    assert len(trims) == 3

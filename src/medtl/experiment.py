@@ -38,7 +38,7 @@ from medtl.models.network import TransferNet, create_model, preprocessing_for
 from medtl.models.registry import WeightsSpec
 from medtl.train import distributed
 from medtl.train.adapt import adaptation_protocol, load_target
-from medtl.train.device import environment, resolve_device
+from medtl.train.device import environment, release_memory, resolve_device
 from medtl.train.fold import (
     ENSEMBLE_SEED_STRIDE,
     FoldOutcome,
@@ -181,12 +181,22 @@ def train_folds(cfg: ExperimentConfig, data: PreparedData, out_dir: Path, progre
         log.info("fold %d/%d: train %d, val %d, test %d", fold.index + 1, len(data.folds),
                  len(fold.train), len(fold.val), len(fold.test))
         outcome = trainer.train_fold(fold, save)
+        for earlier in outcomes:  # their weights are saved; the run only needs the last fold's model
+            _drop_models(earlier)
         outcomes.append(outcome)
+        release_memory()
         if writes:
             _log_fold(cfg, data, outcome)
             _write_history(out_dir, outcomes)
     assert trainer.spec is not None
     return outcomes, trainer.spec
+
+
+def _drop_models(outcome: FoldOutcome) -> None:
+    """Let go of a finished fold's models (saved as ``outcome.files``): each holds a whole network, so keeping
+    every fold's would make a run's memory grow with the number of folds."""
+    for fit in {id(f): f for f in [outcome.fit, *outcome.members]}.values():
+        fit.model = None
 
 
 def _not_saved(fold: int, model: object, member: int = 0) -> str:

@@ -261,3 +261,18 @@ def test_families_work_on_the_cached_prefix_path(brain_mri: Path, tmp_path: Path
     assert "prefix cache" in log and "3 view(s)" in log
     keyed = [e["parts"]["augment"] for e in ActivationCache().entries() if "augment" in e.get("parts", {})]
     assert keyed and all(a["grid"] == {"p": 1.0, "steps": 4, "limit": 0.5} for a in keyed)
+
+
+def test_albumentations_is_imported_only_when_a_family_is_configured():
+    """albumentations + OpenCV cost every process ~60 MB: the modules a run imports must not pull them in
+    unless a config names a family (demo peak RSS, issue 18)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medtl.cli, medtl.experiment, medtl.train.engine, medtl.data.transforms as t\n"
+            "assert 'albumentations' not in sys.modules and 'cv2' not in sys.modules, 'imported eagerly'\n"
+            "from medtl.config import AugmentConfig\n"
+            "t.build_augment(AugmentConfig(elastic={'p': 1.0}))\n"
+            "assert 'albumentations' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -47,7 +47,8 @@ _MODES = {"val_auc": "max", "val_accuracy": "max", "val_loss": "min"}
 class FitResult:
     """What :func:`fit` returns: the model with its best weights restored and the epoch history."""
 
-    model: nn.Module
+    model: nn.Module | None
+    """None once a run has saved it and needs it no more (``medtl.experiment`` keeps the last fold's only)."""
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float | None = None
@@ -389,7 +390,9 @@ class EpochCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        # The full state. False is Lightning's default too; saying so keeps it from logging
+        # "`weights_only` was not set" after every epoch.
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
