@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -308,3 +309,19 @@ def test_kill_9_after_an_epoch_then_resume_gives_the_uninterrupted_dann_run(doma
     whole, again = weights(tmp_path / "whole"), weights(tmp_path / "run")
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     assert np.array_equal(probs(tmp_path / "whole"), probs(tmp_path / "run"))
+
+
+def test_tent_warns_when_trained_layers_kept_imagenet_batchnorm_statistics(caplog: pytest.LogCaptureFixture) -> None:
+    from medtl.config import TentConfig
+    from medtl.train.adapt import tent
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(2, 2))
+    rows = TargetRows(np.random.default_rng(0).normal(size=(6, 1, 1, 1)).astype(np.float32), np.arange(6),
+                      images=False)
+    for frozen in (False, True):
+        net.freeze_bn_stats = frozen
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medtl.train.adapt"):
+            tent(net, rows, lambda x: x, TentConfig(epochs=1), 3, seed=0)
+        assert ("transfer.bn 'frozen'" in caplog.text) == frozen

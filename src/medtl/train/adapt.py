@@ -272,6 +272,11 @@ def tent(net: nn.Module, target: TargetRows, prepare: Any, cfg: TentConfig, batc
         raise ConfigError("adapt.method 'tent' adapts the BatchNorm layers of the trained part of the model, and it "
                           "has none: use adapt.method dann or coral, or train layers with BatchNorm "
                           "(transfer.unfreeze_from)")
+    if getattr(net, "freeze_bn_stats", False):
+        log.warning("adapt.method 'tent' after training with transfer.bn 'frozen': the trained layers only ever saw "
+                    "ImageNet BatchNorm statistics, and TENT replaces them with the target's. On chest X-ray this "
+                    "lowered the test AUC from 0.974 to 0.756 (docs/results.md, 'Domain adaptation'); train with "
+                    "transfer.bn: train when TENT is to follow, and check the AUC")
     flags = [(p, p.requires_grad) for p in net.parameters()]
     params = [p for m in norms for p in (m.weight, m.bias)]
     net.to(device).eval().requires_grad_(False)
